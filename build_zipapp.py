@@ -1,0 +1,244 @@
+"""Build `qw.pyz`: one file that runs qw on any machine with Python 3.9+ (DESIGN §7).
+
+    python build_zipapp.py [-o qw.pyz] [--wheelhouse DIR]
+
+The archive holds a tiny `__main__.py`, every `.py` of the `qw` package, and the contents of
+tomli's pure-Python wheel under `_vendor/` (imported only on 3.9/3.10; 3.11+ has tomllib).
+The wheel comes from pip at build time, or from `--wheelhouse DIR` on an offline builder, and
+must match the sha256 pinned here: no third-party source lives in this repository.
+
+The same sources and wheel give the same bytes: entries are sorted and carry a fixed
+timestamp (1980-01-01, or SOURCE_DATE_EPOCH), fixed permissions and a fixed deflate level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+REPO_ROOT = Path(__file__).resolve().parent
+SHEBANG = b"#!/usr/bin/env python3\n"
+VENDOR_DIR = "_vendor"
+# The zip epoch: the earliest time a zip entry can carry.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+ZIP_EPOCH_SECONDS = 315532800
+# Level 9: the archive is built once and read many times; decompression costs the same.
+DEFLATE_LEVEL = 9
+FILE_MODE = 0o644
+ARCHIVE_MODE = 0o755
+
+Entry = Tuple[str, bytes]  # (name inside the archive, contents)
+
+
+@dataclass(frozen=True)
+class PinnedWheel:
+    """One exact wheel file, identified by its name and its sha256."""
+
+    project: str
+    version: str
+    filename: str
+    sha256: str
+
+
+# tomli's py3-none-any wheel. Its other wheels are mypyc-compiled for one CPython and one
+# platform, which is why the download asks pip for platform "any" explicitly.
+TOMLI = PinnedWheel(
+    project="tomli",
+    version="2.5.0",
+    filename="tomli-2.5.0-py3-none-any.whl",
+    sha256="32a7b79ac57a2e83670ce329ccf675798bc5a2094783a63676866b70503f2e2b",
+)
+
+# Kept parseable by every Python, 2.7 included, so that an old interpreter prints one clear
+# line instead of a SyntaxError. It only imports and calls: nothing defined here could be
+# unpickled by a spawn child, which never re-runs a zip's __main__.
+MAIN_PY = '''\
+# qw.pyz entry point, written by build_zipapp.py.
+import os
+import sys
+
+if sys.version_info < (3, 9):
+    sys.stderr.write("qw: error: Python 3.9 or newer is required (this is Python %d.%d); "
+                     "run it with python3.9+\\n" % tuple(sys.version_info[:2]))
+    sys.exit(2)
+
+if sys.version_info < (3, 11):
+    # tomllib arrived in 3.11; before it, the pinned tomli inside this archive stands in.
+    # A sys.path entry, not an import hook, so that spawn children inherit it.
+    sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "{vendor}"))
+
+if __name__ == "__main__":
+    from qw.cli import main
+    sys.exit(main())
+'''.format(vendor=VENDOR_DIR)
+
+
+class BuildError(Exception):
+    """The archive cannot be built; the message says why and what to do."""
+
+
+def package_entries(root: Path = REPO_ROOT) -> List[Entry]:
+    """Every `.py` file of the `qw` package under root, as archive entries (no __pycache__)."""
+    package = root / "qw"
+    entries = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(root)
+        if "__pycache__" in relative.parts:
+            continue
+        # A Windows checkout (core.autocrlf) must produce the same archive as a POSIX one.
+        entries.append((relative.as_posix(), path.read_bytes().replace(b"\r\n", b"\n")))
+    if not entries:
+        raise BuildError(f"no Python files under {package}; run build_zipapp.py from a qw checkout")
+    # `qw init` copies the documented example config; inside the pyz it is package data.
+    example = root / "config.example.toml"
+    entries.append(("qw/config.example.toml", example.read_bytes().replace(b"\r\n", b"\n")))
+    return entries
+
+
+def download_wheel(wheel: PinnedWheel, dest: Path) -> Path:
+    """Download the pinned wheel into dest with pip; return its path (sha256 not yet checked)."""
+    command = [
+        sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+        "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
+        "--python-version", "3.9", "--dest", str(dest), f"{wheel.project}=={wheel.version}",
+    ]
+    done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          universal_newlines=True)
+    path = dest / wheel.filename
+    if done.returncode != 0 or not path.is_file():
+        tail = "\n".join(done.stdout.strip().splitlines()[-5:])
+        raise BuildError(f"pip could not download {wheel.filename} (exit {done.returncode}):\n"
+                         f"{tail}\noffline? pass --wheelhouse DIR holding {wheel.filename}")
+    return path
+
+
+def fetch_wheel(wheel: PinnedWheel, wheelhouse: Optional[Path]) -> bytes:
+    """The pinned wheel's bytes, from wheelhouse when it holds the file, else from pip.
+
+    Raises BuildError when the bytes do not match the pinned sha256.
+    """
+    source = wheelhouse / wheel.filename if wheelhouse is not None else None
+    if source is not None and source.is_file():
+        data = source.read_bytes()
+    else:
+        if wheelhouse is not None:
+            print(f"build_zipapp: {wheel.filename} is not in {wheelhouse}; downloading it",
+                  file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="qw-build-") as tmp:
+            source = download_wheel(wheel, Path(tmp))
+            data = source.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != wheel.sha256:
+        raise BuildError(f"{source} has sha256 {digest}, but build_zipapp.py pins {wheel.sha256}; "
+                         f"replace it with the genuine {wheel.filename} from PyPI")
+    return data
+
+
+def wheel_entries(wheel_bytes: bytes, prefix: str = VENDOR_DIR) -> List[Entry]:
+    """The files of a pure-Python wheel, as archive entries under prefix/."""
+    with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as wheel:
+        return [(f"{prefix}/{info.filename}", wheel.read(info))
+                for info in wheel.infolist() if not info.is_dir()]
+
+
+def entry_timestamp(environ=os.environ) -> Tuple[int, int, int, int, int, int]:
+    """The time every entry carries: SOURCE_DATE_EPOCH (UTC) if set, else the zip epoch."""
+    raw = environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return ZIP_EPOCH
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise BuildError(f"SOURCE_DATE_EPOCH={raw!r} is not a whole number of seconds; "
+                         "unset it or set it to e.g. `git log -1 --format=%ct`") from None
+    # Reproducible-builds convention: clamp times the format cannot hold to its epoch.
+    stamp = time.gmtime(max(seconds, ZIP_EPOCH_SECONDS))
+    if stamp.tm_year > 2107:
+        raise BuildError(f"SOURCE_DATE_EPOCH={raw} is after 2107, the last year a zip entry holds")
+    return tuple(stamp[:6])  # type: ignore[return-value]
+
+
+def archive_bytes(entries: Iterable[Entry], date_time=ZIP_EPOCH) -> bytes:
+    """The complete `qw.pyz` (shebang + zip) holding entries; equal inputs give equal bytes.
+
+    Entries are written in name order. Wheels (`*.whl`, e.g. platform wheels qw extracts at
+    run time) are stored uncompressed: they are zips already, so deflate would only cost time.
+    Raises BuildError on a duplicate name.
+    """
+    ordered = sorted(entries, key=lambda entry: entry[0])
+    names = [name for name, _ in ordered]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise BuildError(f"two archive entries share a name: {', '.join(duplicates)}")
+    buffer = io.BytesIO()
+    buffer.write(SHEBANG)
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in ordered:
+            info = zipfile.ZipInfo(name, date_time=date_time)
+            info.create_system = 3  # Unix, whichever OS builds: part of the bytes
+            info.external_attr = (0o100000 | FILE_MODE) << 16  # regular file, rw-r--r--
+            if name.endswith(".whl"):
+                archive.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+            else:
+                archive.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED,
+                                 compresslevel=DEFLATE_LEVEL)
+    return buffer.getvalue()
+
+
+def write_atomically(target: Path, data: bytes, mode: int = ARCHIVE_MODE) -> None:
+    """Replace target with data in one step: readers see the old file or the new, never half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def build(output: Path, wheelhouse: Optional[Path] = None, root: Path = REPO_ROOT) -> bytes:
+    """Build the archive from the sources under root, write it to output, return its bytes."""
+    if wheelhouse is not None and not wheelhouse.is_dir():
+        raise BuildError(f"--wheelhouse {wheelhouse} is not a directory")
+    entries = [("__main__.py", MAIN_PY.encode("utf-8"))]
+    entries += package_entries(root)
+    entries += wheel_entries(fetch_wheel(TOMLI, wheelhouse))
+    data = archive_bytes(entries, entry_timestamp())
+    write_atomically(output, data)
+    return data
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="build_zipapp.py", description="Build qw.pyz, the single-file qw (Python 3.9+).")
+    parser.add_argument("-o", "--output", type=Path, default=Path("qw.pyz"),
+                        help="where to write the archive (default: ./qw.pyz)")
+    parser.add_argument("--wheelhouse", type=Path, metavar="DIR",
+                        help=f"take {TOMLI.filename} from DIR instead of downloading it")
+    args = parser.parse_args(argv)
+    try:
+        data = build(args.output, args.wheelhouse)
+    except BuildError as error:
+        print(f"build_zipapp: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The commands behind `qw <command>`: each takes parsed arguments and returns an exit code.
+
+They gather data from the pure core (spec, plan, config) and hand it to `qw.report` to
+render; they never format output themselves. `run` lives in `qw.runner`, `doctor` in
+`qw.doctor`; this module only wires them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from qw import report
+from qw.config import Config, load_config
+from qw.errors import EXIT_OK, EXIT_USAGE, QwError, UsageError
+from qw.plan import Plan, build_plan
+from qw.specdir import Spec, find_repo_root, load_spec, resolve_spec
+
+# Flag name -> config key. Values stay strings here; config validates and types them.
+RUN_FLAGS = {
+    "jobs": "run.max_concurrent",
+    "timeout": "run.timeout",
+    "idle_timeout": "run.idle_timeout",
+    "retries": "run.max_retries",
+}
+
+
+def repo_of(args: argparse.Namespace) -> str:
+    if getattr(args, "repo", None):
+        repo = os.path.abspath(args.repo)
+        if not os.path.isdir(repo):
+            raise UsageError(f"--repo {args.repo} is not a directory", where="--repo",
+                             fix="give the repository's root folder")
+        return repo
+    return find_repo_root(os.getcwd())
+
+
+def config_of(args: argparse.Namespace, repo: str) -> Config:
+    flags = {key: getattr(args, name) for name, key in RUN_FLAGS.items()
+             if getattr(args, name, None) is not None}
+    env = dict(os.environ)
+    if getattr(args, "debug", False):
+        env["QW_DEBUG"] = "1"
+    return load_config(repo, config_file=getattr(args, "config", None), env=env, flags=flags)
+
+
+def spec_and_plan(args: argparse.Namespace, repo: str, config: Config) -> Tuple[Spec, Plan]:
+    spec = load_spec(resolve_spec(repo, args.spec))
+    plan = build_plan(spec.tasks, dependencies=config.plan.dependencies,
+                      undeclared=config.plan.undeclared)
+    return spec, plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    repo = repo_of(args)
+    config = config_of(args, repo)
+    spec, plan = spec_and_plan(args, repo, config)
+    done = {t.id for t in plan.tasks if t.status == "done"}
+    if args.json:
+        report.print_json(plan.to_json())
+    else:
+        report.print_plan(spec, plan, done=done, explain=args.explain)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check everything a run would read; report every problem, not just the first."""
+    from qw.validate import validate_all
+
+    repo = repo_of(args)
+    problems, summary = validate_all(repo, args.spec, config_file=args.config)
+    report.print_validation(problems, summary)
+    return EXIT_USAGE if problems else EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from qw.config import describe
+
+    repo = repo_of(args)
+    config = config_of(args, repo)
+    rows = describe(config)
+    if args.json:
+        report.print_json({key: {"value": value, "source": source}
+                           for key, value, source in rows})
+    else:
+        report.print_config(rows)
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from qw.scaffold import write_scaffold
+
+    repo = os.path.abspath(args.repo) if args.repo else os.getcwd()
+    written, kept = write_scaffold(repo, force=args.force)
+    report.print_init(repo, written, kept)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    repo = repo_of(args)
+    config = config_of(args, repo)
+    spec, plan = spec_and_plan(args, repo, config)
+    if args.dry_run:
+        from qw.prompt import dry_run_report
+
+        data = dry_run_report(spec, plan, config, only=args.task)
+        if args.json:
+            report.print_json(data)
+        else:
+            report.print_dry_run(data)
+        return EXIT_OK
+    from qw.runner import run_spec
+
+    return run_spec(repo, spec, plan, config, only=args.task, json_output=args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from qw.status import gather_status
+
+    repo = repo_of(args)
+    views = gather_status(repo, args.spec)
+    if args.json:
+        report.print_json(views[0] if args.spec else views)
+    else:
+        report.print_status(views)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from qw.status import show_logs
+
+    repo = repo_of(args)
+    spec = resolve_spec(repo, args.spec)
+    return show_logs(repo, spec.name, args.task, attempt=args.attempt, follow=args.follow,
+                     raw=args.raw)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from qw.doctor import run_checks
+
+    repo = repo_of(args)
+    checks = run_checks(repo, config_file=args.config)
+    report.print_doctor(checks)
+    return 1 if any(c.required and not c.ok for c in checks) else EXIT_OK

@@ -1,0 +1,156 @@
+"""Rendering: the only module that writes command results to the terminal.
+
+Commands return data; these functions print it. A run's live output (status line on a
+TTY, timestamped lines otherwise) is `qw.runreport`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence, TextIO
+
+from qw.durations import format_duration
+
+
+def _out() -> TextIO:
+    return sys.stdout
+
+
+def print_json(data: object, stream: Optional[TextIO] = None) -> None:
+    stream = stream or _out()
+    stream.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """A plain left-aligned text table; the last column is not padded."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in [list(header)] + [list(r) for r in rows]:
+        cells = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def print_plan(spec, plan, done: Iterable[str] = (), explain: bool = False) -> None:
+    out = _out()
+    done = set(done)
+    batches = plan.batches()
+    out.write(f"spec {spec.name}: {len(plan.tasks)} runnable tasks, "
+              f"{len(done)} done, {len(batches)} batches\n")
+    titles = {t.id: t.title for t in plan.tasks}
+    for n, batch in enumerate(batches, 1):
+        out.write(f"\nbatch {n}:\n")
+        for tid in batch:
+            mark = "x" if tid in done else " "
+            deps = plan.deps.get(tid, ())
+            after = f"  (after {', '.join(deps)})" if deps else ""
+            out.write(f"  [{mark}] {tid}  {titles[tid]}{after}\n")
+            if explain:
+                for dep, reason in plan.reasons.get(tid, {}).items():
+                    out.write(f"        <- {dep}: {reason}\n")
+    if plan.groups:
+        out.write("\ngroups (done when all their subtasks are):\n")
+        for gid, leaves in plan.groups.items():
+            out.write(f"  {gid}: {', '.join(leaves)}\n")
+    out.write(f"\ncritical path: {' -> '.join(plan.critical_path()) or '(none)'}\n")
+
+
+def print_validation(problems: List[str], summary: Dict[str, object]) -> None:
+    if problems:
+        for p in problems:
+            sys.stderr.write(f"qw: error: {p}\n")
+        sys.stderr.write(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found\n")
+        return
+    parts = [f"spec {summary.get('spec')}", f"{summary.get('tasks')} tasks",
+             f"{summary.get('runnable')} runnable", f"{summary.get('batches')} batches",
+             f"agents: {', '.join(summary.get('agents') or []) or 'none'}"]
+    _out().write("ok: " + ", ".join(parts) + "\n")
+
+
+def print_config(rows: Sequence[tuple]) -> None:
+    _out().write(table([(key, _show(value), source) for key, value, source in rows],
+                       ("key", "value", "from")) + "\n")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def print_init(repo: str, written: List[str], kept: List[str]) -> None:
+    out = _out()
+    for rel in written:
+        out.write(f"wrote {rel}\n")
+    for rel in kept:
+        out.write(f"kept  {rel} (exists; --force overwrites)\n")
+    out.write("next: qw plan example, then qw run example\n")
+
+
+def print_dry_run(data: Dict[str, object]) -> None:
+    out = _out()
+    out.write(f"spec {data['spec']}: would run {len(data['tasks'])} tasks "
+              f"at -j {data['max_concurrent']} (dry run: nothing started)\n")
+    for n, batch in enumerate(data["batches"], 1):
+        out.write(f"batch {n}: {', '.join(batch)}\n")
+    for task in data["tasks"]:
+        out.write(f"\n===== task {task['id']}: {task['title']} "
+                  f"({task['prompt_chars']} chars) =====\n")
+        out.write(f"$ {' '.join(task['command'])} < prompt\n")
+        out.write(task["prompt"].rstrip("\n") + "\n")
+    sizes = data["prompt_sizes"]
+    out.write(f"\nprompt size: median {sizes['median']} chars, max {sizes['max']} chars; "
+              f"all spec documents together: {sizes['all_documents']} chars\n")
+
+
+def status_rows(view: Dict[str, object]) -> List[List[str]]:
+    rows = []
+    for t in view["tasks"]:
+        rows.append([t["id"], t["status"], str(t["attempts"]),
+                     format_duration(t["duration_s"]) if t.get("duration_s") else "-",
+                     f"${t['cost_usd']:.4f}" if t.get("cost_usd") else "-",
+                     (t.get("error") or "")[:80]])
+    return rows
+
+
+def print_status(views: List[Dict[str, object]]) -> None:
+    out = _out()
+    if not views:
+        out.write("no specs found\n")
+        return
+    for view in views:
+        live = "live run" if view.get("live") else "last run"
+        run = view.get("run_id") or "never run"
+        out.write(f"spec {view['spec']} ({live} {run})\n")
+        out.write(table(status_rows(view),
+                        ("task", "status", "tries", "time", "cost", "error")) + "\n")
+        totals = view.get("totals") or {}
+        out.write(totals_line(totals) + "\n")
+        if view.get("paused_until"):
+            out.write(f"paused until {view['paused_until']}\n")
+
+
+def totals_line(totals: Dict[str, object]) -> str:
+    return (f"{totals.get('done', 0)}/{totals.get('tasks', 0)} done, "
+            f"{totals.get('failed', 0)} failed, {totals.get('running', 0)} running, "
+            f"{totals.get('pending', 0)} pending; cost ${totals.get('cost_usd', 0) or 0:.4f}")
+
+
+def print_doctor(checks) -> None:
+    out = _out()
+    for c in checks:
+        word = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        line = f"{word} {c.name}: {c.detail}"
+        if not c.ok and c.fix:
+            line += f" — {c.fix}"
+        out.write(line + "\n")

@@ -1,0 +1,193 @@
+"""Runs inside a worker process (spawn start method): one task attempt at a time.
+
+    runner ──AttemptRequest──► worker ──start_child──► guard ─► `claude -p` (+ its tree)
+           ◄──Progress/AttemptResult──┘  ◄── stream-json lines ─┘
+
+The worker talks only to the runner, over its own duplex pipe. It may import the pure
+claude-output modules and `qw.proctree`, nothing that touches run state. EOF on the pipe
+means the runner is gone: the worker stops its child tree and exits (the guard does the
+same if the worker itself is killed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+# Messages are small frozen dataclasses of built-in types, named by direction.
+
+
+@dataclass(frozen=True)
+class AttemptRequest:
+    """Runner -> worker: run one attempt."""
+
+    task_id: str
+    attempt: int
+    argv: Tuple[str, ...]
+    env: Dict[str, str]
+    cwd: str
+    prompt: str
+    timeout_s: float
+    idle_timeout_s: float
+    transcript: str
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Runner -> worker: stop the running attempt now (Ctrl-C, run stopping)."""
+
+    reason: str = "interrupted"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Worker -> runner: what the child is doing, at most once per PROGRESS_EVERY_S."""
+
+    task_id: str
+    attempt: int
+    info: Dict[str, object]
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """Worker -> runner: how one attempt ended."""
+
+    task_id: str
+    attempt: int
+    kind: str
+    message: str
+    exit_code: Optional[int]
+    started_at: float
+    ended_at: float
+    cost_usd: float
+    num_turns: int
+    session_id: Optional[str]
+    retry_after_s: Optional[float]
+    reset_at: Optional[float]
+    stderr_tail: str
+    pid: Optional[int] = None   # the supervised process, for status/debugging
+
+
+PROGRESS_EVERY_S = 1.0
+POLL_S = 0.5   # longest a worker goes without checking for Cancel and deadlines
+
+
+def worker_main(worker_id: int, conn) -> None:
+    """Entry point of a worker process: serve attempt requests until the pipe closes."""
+    # A terminal's Ctrl-C reaches the whole foreground process group; the runner alone
+    # decides what it means and cancels attempts through the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if isinstance(msg, AttemptRequest):
+            result = run_attempt(msg, conn)
+            try:
+                conn.send(result)
+            except (OSError, EOFError):
+                return
+        # A stray Cancel between attempts needs no answer.
+
+
+def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
+    """Start the child, stream its output to the transcript, enforce limits, classify."""
+    from qw.claude import StreamState
+    from qw.outcome import classify
+    from qw.proctree import start_child
+
+    started = time.time()
+    state = StreamState()
+    os.makedirs(os.path.dirname(req.transcript), exist_ok=True)
+    stopped: Optional[str] = None
+    cancel_reason: Optional[str] = None
+    exit_code: Optional[int] = None
+    with open(req.transcript, "ab") as transcript:
+        try:
+            child = start_child(list(req.argv), env=req.env, cwd=req.cwd,
+                                stdin_data=req.prompt.encode("utf-8"), grace=req.grace_s)
+        except OSError as e:
+            now = time.time()
+            return AttemptResult(req.task_id, req.attempt, "crashed",
+                                 f"could not start {req.argv[0]}: {e.strerror or e}", None,
+                                 started, now, 0.0, 0, None, None, None, "")
+        try:
+            deadline = started + req.timeout_s
+            last_event = started
+            last_progress = 0.0
+            while True:
+                now = time.time()
+                if now >= deadline:
+                    stopped = "timeout"
+                    break
+                if now - last_event >= req.idle_timeout_s:
+                    stopped = "hung"
+                    break
+                cancel_reason = _cancel_requested(conn)
+                if cancel_reason:
+                    break
+                wait = min(POLL_S, deadline - now, last_event + req.idle_timeout_s - now)
+                line = child.read_line(max(wait, 0.01))
+                if line is None:
+                    continue
+                if line == b"":
+                    break   # EOF: the child closed its output (it exited)
+                last_event = time.time()
+                transcript.write(line if line.endswith(b"\n") else line + b"\n")
+                transcript.flush()
+                state.feed(line)
+                if last_event - last_progress >= PROGRESS_EVERY_S:
+                    last_progress = last_event
+                    _send(conn, Progress(req.task_id, req.attempt, state.progress()))
+            if stopped or cancel_reason:
+                exit_code = child.stop(req.grace_s)
+            else:
+                exit_code = child.wait(req.grace_s * 2 + 5)
+                if exit_code is None:   # closed its output but did not exit
+                    exit_code = child.stop(req.grace_s)
+            stderr_tail = child.stderr_tail()
+        finally:
+            child.close()
+    ended = time.time()
+    if cancel_reason:
+        return AttemptResult(req.task_id, req.attempt, "interrupted", cancel_reason, exit_code,
+                             started, ended, state.cost_usd or 0.0, 0, state.session_id,
+                             None, None, stderr_tail)
+    outcome = classify(state, exit_code, stopped=stopped, stderr_tail=stderr_tail, now=ended)
+    if stopped == "timeout":
+        message = f"timed out after {req.timeout_s:.0f}s ([run] timeout)"
+    elif stopped == "hung":
+        message = f"no output for {req.idle_timeout_s:.0f}s ([run] idle_timeout)"
+    else:
+        message = outcome.message
+    return AttemptResult(req.task_id, req.attempt, outcome.kind, message, exit_code,
+                         started, ended, outcome.cost_usd or 0.0, outcome.num_turns or 0,
+                         outcome.session_id, outcome.retry_after_s, outcome.reset_at,
+                         stderr_tail, child.pid)
+
+
+def _cancel_requested(conn) -> Optional[str]:
+    """The reason if the runner asked to cancel (or is gone), else None. Never blocks."""
+    try:
+        if not conn.poll():
+            return None
+        msg = conn.recv()
+    except (EOFError, OSError):
+        return "runner gone"
+    return msg.reason if isinstance(msg, Cancel) else None
+
+
+def _send(conn, msg) -> None:
+    try:
+        conn.send(msg)
+    except (OSError, EOFError):
+        pass
+
+
+def result_as_dict(result: AttemptResult) -> Dict[str, object]:
+    return asdict(result)
