@@ -1,0 +1,486 @@
+"""Start a child whose whole process tree dies with it, with qw, or on request (DESIGN §6).
+
+The worker's view of one supervised child:
+
+    start_child(argv, env=..., cwd=..., stdin_data=prompt) -> Child
+        POSIX:   worker ─ctrl pipe─► guard (qw.guard: own session, subreaper) ─► child ─► tree
+        Windows: worker ─(job handle, kill-on-close)─► child ─► tree, all in one Job object
+
+    Child.read_line(timeout)  stdout, line by line (a reader thread fills a queue: select()
+                              does not work on Windows pipes)
+    Child.stop(grace)         SIGINT -> grace -> SIGTERM -> grace -> SIGKILL, the whole tree
+    Child.poll()/wait()       an exit code only once nothing of the tree is left
+
+If the worker dies, even by SIGKILL, the guard reads EOF on the control pipe (Windows: the
+kernel closes the job handle) and the tree is stopped the same way. The prompt goes in through
+stdin from a writer thread, so a prompt larger than a pipe buffer cannot deadlock the reader.
+`preexec_fn` is never used: the worker runs threads.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from typing import Callable, Optional
+
+from qw import guard
+
+STDERR_TAIL_BYTES = 4096
+KILL_WAIT = 5.0   # seconds to wait for a process after a kill that cannot be refused
+JOIN_WAIT = 1.0   # seconds close() waits for a reader thread to see EOF
+# How long the guard may take beyond its two graces: the wait after SIGKILL, the final
+# sweep of strays, and slack for a loaded machine.
+GUARD_BOUND = 2 * guard.SWEEP_BOUND + guard.STRAY_TERM_WAIT + 2.0
+# Windows has no SIGKILL; os.kill() there means TerminateProcess whatever the signal.
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+# Where the `qw` package lives: a directory, or the .pyz file itself (zipimport reads it).
+_PKGROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# os._exit: the guard writes only with os.write and has nothing to finalise; skipping the
+# interpreter's shutdown makes its exit (the worker's "done") a few milliseconds sooner.
+_GUARD_CODE = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
+               "from qw.guard import main; os._exit(main(sys.argv[2:]))")
+
+
+class Child:
+    """One supervised child process tree and the threads that feed and drain its pipes.
+
+    `pid` is the guard's pid on POSIX and the child's pid on Windows. An exit code from
+    poll(), wait() or stop() means the child and everything it started are gone.
+    """
+
+    def __init__(self, proc: subprocess.Popen, stdin_data: bytes, grace: float):
+        self.pid = proc.pid
+        self._proc = proc
+        self._grace = grace
+        self._lines: queue.Queue = queue.Queue()
+        self._at_eof = False
+        self._tail: collections.deque = collections.deque()
+        self._tail_size = 0
+        self._tail_lock = threading.Lock()
+        self._exited = threading.Event()
+        self._threads = [_daemon(self._feed_stdin, stdin_data, name="stdin"),
+                         _daemon(self._read_stdout, name="stdout"),
+                         _daemon(self._read_stderr, name="stderr"),
+                         # Popen.wait(timeout) polls with sleeps of up to 50 ms; a thread
+                         # blocked in waitpid() reports the exit at once.
+                         _daemon(self._wait_for_exit, name="wait")]
+
+    def read_line(self, timeout: float) -> Optional[bytes]:
+        """The next stdout line (with its newline); None after `timeout` s; b"" at EOF."""
+        if self._at_eof:
+            return b""
+        try:
+            line = self._lines.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        if not line:
+            self._at_eof = True
+        return line
+
+    def poll(self) -> Optional[int]:
+        """The child's exit code (128 + n for signal n) once the tree is gone, else None."""
+        return self._exit_code(self._proc.returncode) if self._exited.is_set() else None
+
+    def wait(self, timeout: float) -> Optional[int]:
+        """Like poll(), waiting at most `timeout` seconds for the tree to finish."""
+        self._exited.wait(max(0.0, timeout))
+        return self.poll()
+
+    def stop(self, grace: Optional[float] = None) -> Optional[int]:
+        """Stop the whole tree (SIGINT, grace, SIGTERM, grace, SIGKILL) and return its exit
+        code; None only if even that failed within a hard bound. `grace` defaults to the
+        one given to start_child. Idempotent: a finished child just returns its code."""
+        raise NotImplementedError
+
+    def stderr_tail(self) -> str:
+        """The last ~4 KB the child wrote to stderr."""
+        with self._tail_lock:
+            data = b"".join(self._tail)
+        return data[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        """Stop the tree if it still runs and release the pipes."""
+        if self.poll() is None:
+            self.stop()
+        stdin_thread, stdout_thread, stderr_thread, _ = self._threads
+        stdin_thread.join(JOIN_WAIT)
+        # A pipe is closed only once its reader is done with it; a stray that escaped and
+        # still holds the pipe leaves a daemon thread behind instead of a crash.
+        for thread, pipe in ((stdout_thread, self._proc.stdout),
+                             (stderr_thread, self._proc.stderr)):
+            thread.join(JOIN_WAIT)
+            if not thread.is_alive():
+                pipe.close()
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _exit_code(self, returncode: int) -> int:
+        return returncode
+
+    def _on_exit(self) -> None:
+        """Called once, from the waiting thread, before poll() reports the exit."""
+
+    def _wait_for_exit(self) -> None:
+        self._proc.wait()
+        self._on_exit()
+        self._exited.set()
+
+    def _feed_stdin(self, data: bytes) -> None:
+        # An OSError means the child exited without reading it all: its result will say why.
+        try:
+            if data:
+                self._proc.stdin.write(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+
+    def _read_stdout(self) -> None:
+        try:
+            for line in iter(self._proc.stdout.readline, b""):
+                self._lines.put(line)
+        except (OSError, ValueError):
+            pass
+        self._lines.put(b"")
+
+    def _read_stderr(self) -> None:
+        try:
+            for chunk in iter(lambda: self._proc.stderr.read1(65536), b""):
+                with self._tail_lock:
+                    self._tail.append(chunk)
+                    self._tail_size += len(chunk)
+                    while self._tail_size - len(self._tail[0]) >= STDERR_TAIL_BYTES:
+                        self._tail_size -= len(self._tail.popleft())
+        except (OSError, ValueError):
+            pass
+
+
+def start_child(argv: list, *, env: dict, cwd: str, stdin_data: bytes,
+                grace: float = 5.0) -> Child:
+    """Start `argv` as a supervised tree: stdin gets `stdin_data` then EOF, stdout and stderr
+    are read by threads. `grace` is the pause between SIGINT, SIGTERM and SIGKILL when the
+    tree has to be stopped, including when this process dies. FileNotFoundError when
+    argv[0] is not found on env's PATH (or relative to cwd)."""
+    exe = _resolve(argv[0], env, cwd)
+    if os.name == "nt":
+        return _start_windows([exe] + list(argv[1:]), env, cwd, stdin_data, grace, _Win32())
+    return _start_posix(exe, list(argv), env, cwd, stdin_data, grace)
+
+
+def tree_pids(pid: int) -> list:
+    """Pids of the living descendants of `pid`, parents first; [] when unknown."""
+    if os.name != "nt":
+        return guard.descendants(pid)
+    try:
+        import psutil
+    except ImportError:
+        return []
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:  # gone, or not ours to look at
+        return []
+
+
+def kill_marked(run_id: str, task_id: Optional[str] = None) -> list:
+    """SIGKILL every process (but this one) whose environment carries QW_RUN_ID=run_id (and
+    QW_TASK_ID=task_id when given): a last-resort sweep for strays. Returns the pids killed.
+    Linux reads /proc; elsewhere it needs psutil and otherwise finds nothing."""
+    if not run_id:
+        raise ValueError("kill_marked needs a run id")  # "" would match unmarked strays
+    wanted = {b"QW_RUN_ID=" + run_id.encode()}
+    if task_id is not None:
+        wanted.add(b"QW_TASK_ID=" + task_id.encode())
+    killed = []
+    for pid, environ in _environments():
+        if pid != os.getpid() and wanted <= environ:
+            try:
+                os.kill(pid, _SIGKILL)
+            except OSError:
+                continue
+            killed.append(pid)
+    return killed
+
+
+def start_parent_watch(on_death: Callable[[], None]) -> Optional[threading.Thread]:
+    """Call `on_death()` from a daemon thread when the process that started this one (with
+    multiprocessing) dies, however it died. None when there is no such parent."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return None
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        on_death()
+
+    return _daemon(watch, name="parent-watch")
+
+
+def _daemon(target: Callable, *args, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, name="qw-" + name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _resolve(command: str, env: dict, cwd: str) -> str:
+    if os.path.dirname(command):
+        found = shutil.which(os.path.join(cwd, command))
+    else:
+        path = next((v for k, v in env.items() if k.upper() == "PATH"), os.defpath)
+        found = shutil.which(command, path=path)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "command not found (PATH and cwd %s)" % cwd,
+                                command)
+    return found
+
+
+def _environments():
+    """(pid, set of b"NAME=value") for every process whose environment is readable."""
+    if os.path.isdir("/proc/self"):
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open("/proc/%s/environ" % name, "rb") as f:
+                        yield int(name), set(f.read().split(b"\0"))
+                except OSError:
+                    continue  # gone, or not ours to read
+        return
+    try:
+        import psutil
+    except ImportError:
+        return
+    for proc in psutil.process_iter():
+        try:
+            yield proc.pid, {("%s=%s" % kv).encode() for kv in proc.environ().items()}
+        except psutil.Error:
+            continue
+
+
+# ---------------------------------------------------------------------------------------
+# POSIX: the guard process (qw/guard.py) owns the tree.
+
+class _GuardedChild(Child):
+    """A child under a guard process; `pid` is the guard's."""
+
+    def __init__(self, proc: subprocess.Popen, ctrl, stdin_data: bytes, grace: float):
+        self._ctrl = ctrl  # the write end: closing it, or dying, stops the tree
+        super().__init__(proc, stdin_data, grace)
+
+    def stop(self, grace: Optional[float] = None) -> Optional[int]:
+        code = self.poll()
+        if code is not None:
+            return code
+        grace = self._grace if grace is None else grace
+        self._close_ctrl(b"stop %r\n" % grace)
+        # The guard's own worst case: two graces, the SIGKILL wait and its final sweep.
+        code = self.wait(2 * grace + GUARD_BOUND)
+        if code is None:  # the guard itself is stuck: do its job from here
+            pids = tree_pids(self.pid)
+            for pid in [self.pid] + pids:
+                guard.kill_quietly(pid, signal.SIGKILL)
+            code = self.wait(KILL_WAIT)
+        return code
+
+    def close(self) -> None:
+        super().close()
+        self._close_ctrl(b"")
+
+    def _exit_code(self, returncode: int) -> int:
+        return 128 - returncode if returncode < 0 else returncode
+
+    def _close_ctrl(self, message: bytes) -> None:
+        if self._ctrl.closed:
+            return
+        try:
+            if message:
+                self._ctrl.write(message)
+        except OSError:
+            pass  # the guard is already gone
+        finally:
+            self._ctrl.close()
+
+
+def _start_posix(exe: str, argv: list, env: dict, cwd: str, stdin_data: bytes,
+                 grace: float) -> Child:
+    ctrl_r, ctrl_w = os.pipe()
+    # -I: no PYTHON* variables or user site; -S: no site at all. The guard needs only the
+    # standard library, and site's .pth files can cost tens of milliseconds.
+    cmd = [sys.executable, "-I", "-S", "-c", _GUARD_CODE, _PKGROOT,
+           "--ctrl", str(ctrl_r), "--grace", repr(float(grace)), "--exe", exe, "--"] + argv
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                pass_fds=(ctrl_r,), start_new_session=True)
+    except BaseException:
+        os.close(ctrl_w)
+        raise
+    finally:
+        os.close(ctrl_r)
+    return _GuardedChild(proc, open(ctrl_w, "wb", buffering=0), stdin_data, grace)
+
+
+# ---------------------------------------------------------------------------------------
+# Windows: a Job object that kills its processes when its last handle closes (that is,
+# when this process exits, however). Only this section knows about Windows.
+
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9  # the JOBOBJECTINFOCLASS value
+
+
+class _JobChild(Child):
+    """A child in a kill-on-close Job object; `pid` is the child's."""
+
+    def __init__(self, proc: subprocess.Popen, win32, job, stdin_data: bytes, grace: float):
+        self._win32 = win32
+        self._job = job
+        self._job_lock = threading.Lock()
+        super().__init__(proc, stdin_data, grace)
+
+    def stop(self, grace: Optional[float] = None) -> Optional[int]:
+        code = self.poll()
+        if code is not None:
+            return code
+        grace = self._grace if grace is None else grace
+        try:
+            self._win32.send_ctrl_break(self.pid)
+            code = self.wait(grace)
+        except OSError:
+            pass  # no console shared with the child: go straight to the job
+        if code is None and self._job is not None:
+            self._close_job()
+            code = self.wait(KILL_WAIT)
+        if code is None:
+            self._win32.taskkill(self.pid)
+            code = self.wait(KILL_WAIT)
+        return code
+
+    def _on_exit(self) -> None:
+        # What the child left in the job (a background job holding stdout open) dies with
+        # it, so read_line sees EOF as soon as the child exits.
+        self._close_job()
+
+    def _close_job(self) -> None:
+        with self._job_lock:
+            job, self._job = self._job, None
+        if job is None:
+            return
+        try:
+            self._win32.terminate_job_object(job, 1)
+        except OSError:
+            pass  # closing the handle kills the job's processes too
+        self._win32.close_handle(job)
+
+
+def _start_windows(argv: list, env: dict, cwd: str, stdin_data: bytes, grace: float,
+                   win32) -> Child:
+    # The job exists before the child does, so the child joins it right after it starts;
+    # processes it starts later join automatically.
+    job = win32.create_job_object()
+    try:
+        win32.set_kill_on_job_close(job)
+        proc = win32.popen(argv, creationflags=CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=env, cwd=cwd)
+    except BaseException:
+        win32.close_handle(job)
+        raise
+    try:
+        win32.assign_process_to_job_object(job, proc)
+    except OSError:
+        win32.close_handle(job)  # not in the job (old Windows, nested jobs): taskkill /T
+        job = None
+    return _JobChild(proc, win32, job, stdin_data, grace)
+
+
+class _Win32:
+    """The kernel32 calls the Windows branch makes; tests pass a fake with these methods."""
+
+    def __init__(self):
+        import ctypes
+        self._ctypes = ctypes
+        self._kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        self._kernel32.CreateJobObjectW.restype = ctypes.c_void_p  # a HANDLE, not an int
+
+    def _check(self, ok) -> None:
+        if not ok:
+            raise self._ctypes.WinError(self._ctypes.get_last_error())
+
+    def popen(self, argv: list, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(argv, **kwargs)
+
+    def create_job_object(self) -> int:
+        handle = self._kernel32.CreateJobObjectW(None, None)
+        self._check(handle)
+        return handle
+
+    def set_kill_on_job_close(self, job: int) -> None:
+        info = job_limit_struct(self._ctypes)()
+        info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+        self._check(self._kernel32.SetInformationJobObject(
+            self._ctypes.c_void_p(job), JOB_OBJECT_EXTENDED_LIMIT_INFORMATION,
+            self._ctypes.byref(info), self._ctypes.sizeof(info)))
+
+    def assign_process_to_job_object(self, job: int, proc: subprocess.Popen) -> None:
+        self._check(self._kernel32.AssignProcessToJobObject(
+            self._ctypes.c_void_p(job), self._ctypes.c_void_p(int(proc._handle))))
+
+    def terminate_job_object(self, job: int, exit_code: int) -> None:
+        self._check(self._kernel32.TerminateJobObject(self._ctypes.c_void_p(job), exit_code))
+
+    def close_handle(self, handle: int) -> None:
+        self._kernel32.CloseHandle(self._ctypes.c_void_p(handle))
+
+    def send_ctrl_break(self, pid: int) -> None:
+        os.kill(pid, signal.CTRL_BREAK_EVENT)
+
+    def taskkill(self, pid: int) -> None:
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, timeout=30)
+
+
+def job_limit_struct(ctypes):
+    """The JOBOBJECT_EXTENDED_LIMIT_INFORMATION structure type (144 bytes on 64-bit)."""
+
+    class BasicLimits(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64),
+                    ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", ctypes.c_uint32),
+                    ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t),
+                    ("ActiveProcessLimit", ctypes.c_uint32),
+                    ("Affinity", ctypes.c_size_t),
+                    ("PriorityClass", ctypes.c_uint32),
+                    ("SchedulingClass", ctypes.c_uint32)]
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in (
+            "ReadOperationCount", "WriteOperationCount", "OtherOperationCount",
+            "ReadTransferCount", "WriteTransferCount", "OtherTransferCount")]
+
+    class ExtendedLimits(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", BasicLimits),
+                    ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t),
+                    ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t),
+                    ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+    return ExtendedLimits

@@ -1,0 +1,347 @@
+"""A run's task states, and the one method that changes them (DESIGN §1, STYLE 4).
+
+Pure: no files, no processes, no clock. Every change is an event, a JSON-able dict with
+"type" and "t" (epoch seconds, stamped by whoever saw it happen), applied by
+`RunState.apply`, which checks the transition first and raises ValueError on an illegal one
+(a bug in the caller, not a user error). The journal holds the same events, so
+`replay(events)` rebuilds exactly the state that was live.
+
+A run starts from a clean slate: `run_started` lists the spec's tasks, all pending; what is
+already done between runs is tasks.md's business (the runner reports checked tasks with
+`task_status` done). A task's life inside one run:
+
+    pending/ready ──attempt_started──► running ──attempt_ended ok──► running (verdict due)
+         ▲   │                            │                            ├─task_done──► done
+         │   ├─► blocked / skipped        └─attempt_ended not ok─► failed
+         │   └─► done (checked in tasks.md)                          ├─task_failed─► failed
+         └───────────── retry_scheduled (next_try_at) ◄──────────────┘ (also from a verdict)
+
+`task_progress` is the one event that is never journaled: live progress of a running
+attempt, shown by `qw status` and forgotten when the attempt ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, Optional
+
+from qw.errors import StateError
+
+PENDING, READY, RUNNING, DONE = "pending", "ready", "running", "done"
+FAILED, BLOCKED, SKIPPED = "failed", "blocked", "skipped"
+STATUSES = (PENDING, READY, RUNNING, DONE, FAILED, BLOCKED, SKIPPED)
+OK = "ok"                    # the attempt outcome that means success
+INTERRUPTED = "interrupted"  # error and outcome of an attempt cut short by a dead run
+
+SNAPSHOT_FORMAT = 1
+
+# Statuses a `task_status` event may set; the others have events of their own.
+_SETTABLE = (PENDING, READY, BLOCKED, SKIPPED, DONE)
+# TaskRecord fields a snapshot keeps (progress is live-only).
+_RECORD_FIELDS = ("id", "title", "status", "attempts", "attempt", "started_at", "ended_at",
+                  "duration_s", "cost_usd", "error", "outcome", "session_id", "worker",
+                  "next_try_at")
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """Where one task stands in the run."""
+
+    id: str
+    title: str
+    status: str = PENDING
+    attempts: int = 0                   # attempts started in this run
+    attempt: int = 0                    # the runner's number of the current/last attempt
+    started_at: Optional[float] = None  # start of the current/last attempt
+    ended_at: Optional[float] = None
+    duration_s: float = 0.0             # summed over attempts
+    cost_usd: float = 0.0               # summed over attempts
+    error: Optional[str] = None         # the last failure message (or why it is blocked)
+    outcome: Optional[str] = None       # the last attempt's outcome kind; None while it runs
+    session_id: Optional[str] = None    # the last attempt's Claude session
+    worker: Optional[int] = None        # the worker running it
+    next_try_at: Optional[float] = None  # a retry is scheduled, not before this time
+    # Live progress of the running attempt (last_event, tool, tokens, cost so far).
+    # Never journaled nor snapshotted, so left out of equality: replay == live ignores it.
+    progress: Dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def attempt_open(self) -> bool:
+        """An attempt was started and has not ended."""
+        return self.status == RUNNING and self.outcome is None
+
+
+class RunState:
+    """The state of one spec's latest run. Change it only through `apply`."""
+
+    def __init__(self, spec: Optional[str] = None):
+        self.spec = spec
+        self.run_id: Optional[str] = None
+        self.pid: Optional[int] = None
+        self.started_at: Optional[float] = None
+        self.ended_at: Optional[float] = None
+        self.run_status: Optional[str] = None   # run_ended's status word
+        self.exit_code: Optional[int] = None
+        self.stop_reason: Optional[str] = None
+        self.paused_until: Optional[float] = None
+        self.pause_reason: Optional[str] = None
+        self.seq = 0                            # seq of the last journaled event applied
+        self.tasks: Dict[str, TaskRecord] = {}  # document order
+
+    # ----- the one way to change it
+
+    def apply(self, event: Dict[str, Any]) -> None:
+        """Apply one event, or raise ValueError (and change nothing) if it is illegal now."""
+        kind = event.get("type")
+        handler = _HANDLERS.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            raise ValueError(f"unknown event type {kind!r}")
+        t = event.get("t")
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise ValueError(f"{kind} event needs a numeric 't', got {t!r}")
+        seq = event.get("seq")
+        if seq is not None and seq <= self.seq:
+            raise ValueError(f"{kind} event seq {seq} is not after seq {self.seq}")
+        handler(self, event, float(t))
+        if seq is not None:
+            self.seq = seq
+
+    # ----- run-level events
+
+    def _run_started(self, e: Dict[str, Any], t: float) -> None:
+        spec = _need(e, "spec")
+        if self.spec is not None and spec != self.spec:
+            raise ValueError(f"run_started for spec {spec!r} in the state of spec {self.spec!r}")
+        tasks: Dict[str, TaskRecord] = {}
+        for item in _need(e, "tasks"):
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ValueError(f"run_started task entry {item!r} is not [id, title]")
+            task_id, title = str(item[0]), str(item[1])
+            if task_id in tasks:
+                raise ValueError(f"run_started lists task {task_id} twice")
+            tasks[task_id] = TaskRecord(task_id, title)
+        self.spec = spec
+        self.run_id = str(_need(e, "run_id"))
+        self.pid = e.get("pid")
+        self.started_at, self.ended_at = t, None
+        self.run_status = self.exit_code = self.stop_reason = None
+        self.paused_until = self.pause_reason = None
+        self.tasks = tasks
+
+    def _run_paused(self, e: Dict[str, Any], t: float) -> None:
+        self._need_run("run_paused")
+        self.paused_until = e.get("until")   # None: the pause is over
+        self.pause_reason = e.get("reason") if self.paused_until is not None else None
+
+    def _run_ended(self, e: Dict[str, Any], t: float) -> None:
+        self._need_run("run_ended")
+        if self.ended_at is not None:
+            raise ValueError(f"run {self.run_id} already ended")
+        self.ended_at = t
+        self.run_status = _need(e, "status")
+        self.exit_code = e.get("exit_code")
+        self.stop_reason = e.get("reason")
+
+    def _need_run(self, kind: str) -> None:
+        if self.run_id is None:
+            raise ValueError(f"{kind} before run_started")
+
+    # ----- task events
+
+    def _task_status(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        status, reason = _need(e, "status"), e.get("reason")
+        if status not in _SETTABLE:
+            raise ValueError(f"task_status cannot set status {status!r}")
+        if rec.status == RUNNING and status == PENDING and reason == INTERRUPTED:
+            self.tasks[rec.id] = _interrupted(rec, t)
+            return
+        if rec.attempt_open:
+            _illegal(e, rec)
+        if rec.status == DONE and status not in (PENDING, DONE):
+            _illegal(e, rec)   # a done task is only ever reset to pending
+        error = rec.error
+        if status == BLOCKED:
+            error = reason or BLOCKED
+        elif rec.status == BLOCKED:
+            error = None       # the block's reason no longer holds
+        ended_at = t if status == DONE else rec.ended_at
+        self.tasks[rec.id] = replace(rec, status=status, error=error, next_try_at=None,
+                                     ended_at=ended_at)
+
+    def _attempt_started(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if rec.status not in (PENDING, READY):
+            _illegal(e, rec)
+        attempt = _need(e, "attempt")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise ValueError(f"attempt_started for task {rec.id}: bad attempt {attempt!r}")
+        self.tasks[rec.id] = replace(
+            rec, status=RUNNING, attempts=rec.attempts + 1, attempt=attempt,
+            worker=e.get("worker"), started_at=t, ended_at=None, outcome=None,
+            session_id=None, next_try_at=None, progress={})
+
+    def _attempt_ended(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if not rec.attempt_open:
+            _illegal(e, rec)
+        if e.get("attempt") != rec.attempt:
+            raise ValueError(f"attempt_ended for attempt {e.get('attempt')!r} of task {rec.id}, "
+                             f"but attempt {rec.attempt} is the one running")
+        outcome = str(_need(e, "outcome"))
+        duration = e.get("duration_s")
+        if duration is None:
+            duration = max(0.0, t - (rec.started_at or t))
+        ok = outcome == OK
+        self.tasks[rec.id] = replace(
+            rec, status=RUNNING if ok else FAILED, outcome=outcome,
+            error=rec.error if ok else (e.get("message") or outcome),
+            duration_s=rec.duration_s + float(duration),
+            cost_usd=rec.cost_usd + float(e.get("cost_usd") or 0.0),
+            session_id=e.get("session_id"), worker=None, ended_at=t, progress={})
+
+    def _task_done(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if rec.attempt_open:
+            _illegal(e, rec)
+        self.tasks[rec.id] = replace(rec, status=DONE, error=None, next_try_at=None, ended_at=t)
+
+    def _task_failed(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if rec.attempt_open or rec.status == DONE:
+            _illegal(e, rec)
+        self.tasks[rec.id] = replace(rec, status=FAILED, error=e.get("error") or rec.error,
+                                     next_try_at=None, ended_at=t)
+
+    def _retry_scheduled(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        # After a failed attempt, or an ok one whose verdict is "again" (e.g. verify failed).
+        if not (rec.status == FAILED or (rec.status == RUNNING and not rec.attempt_open)):
+            _illegal(e, rec)
+        self.tasks[rec.id] = replace(rec, status=PENDING, next_try_at=_need(e, "not_before"))
+
+    def _task_progress(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        # A worker's progress can race its own attempt's end: late news is dropped.
+        info = _need(e, "info")
+        if not isinstance(info, dict):
+            raise ValueError(f"task_progress info for task {rec.id} is not a dict: {info!r}")
+        if rec.attempt_open:
+            self.tasks[rec.id] = replace(rec, progress={**rec.progress, **info})
+
+    def _task(self, e: Dict[str, Any]) -> TaskRecord:
+        task_id = _need(e, "task")
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            raise ValueError(f"{e.get('type')} for unknown task {task_id!r}")
+        return rec
+
+    # ----- reading
+
+    def view(self, live: bool = False) -> Dict[str, Any]:
+        """The `qw status --json` shape (DESIGN §4); `live` is the caller's to say."""
+        tasks = []
+        counts = dict.fromkeys(STATUSES, 0)
+        cost = duration = 0.0
+        attempts = 0
+        for rec in self.tasks.values():
+            counts[rec.status] += 1
+            cost += rec.cost_usd
+            duration += rec.duration_s
+            attempts += rec.attempts
+            tasks.append({"id": rec.id, "title": rec.title, "status": rec.status,
+                          "attempts": rec.attempts, "duration_s": round(rec.duration_s, 3),
+                          "cost_usd": round(rec.cost_usd, 6), "error": rec.error,
+                          "outcome": rec.outcome, "next_try_at": rec.next_try_at,
+                          "progress": dict(rec.progress)})
+        totals = {"tasks": len(tasks), **counts, "cost_usd": round(cost, 6),
+                  "duration_s": round(duration, 3), "attempts": attempts}
+        return {"spec": self.spec, "run_id": self.run_id, "live": live,
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "run_status": self.run_status, "exit_code": self.exit_code,
+                "tasks": tasks, "totals": totals, "paused_until": self.paused_until,
+                "pause_reason": self.pause_reason, "stop_reason": self.stop_reason}
+
+    def to_snapshot(self) -> Dict[str, Any]:
+        """Everything but live progress, as JSON-able data; `from_snapshot` reads it back."""
+        return {"format": SNAPSHOT_FORMAT, "spec": self.spec, "run_id": self.run_id,
+                "pid": self.pid, "started_at": self.started_at, "ended_at": self.ended_at,
+                "run_status": self.run_status, "exit_code": self.exit_code,
+                "stop_reason": self.stop_reason, "paused_until": self.paused_until,
+                "pause_reason": self.pause_reason, "seq": self.seq,
+                "tasks": [{name: getattr(rec, name) for name in _RECORD_FIELDS}
+                          for rec in self.tasks.values()]}
+
+    @classmethod
+    def from_snapshot(cls, data: Any, where: Optional[str] = None) -> "RunState":
+        """The state a snapshot holds. StateError for a newer format or a malformed one."""
+        fix = "restore it from .qw/backups, or delete it to forget the last run"
+        if not isinstance(data, dict) or isinstance(data.get("format"), bool) \
+                or not isinstance(data.get("format"), int):
+            raise StateError("the state snapshot has no format number", where, fix)
+        if data["format"] > SNAPSHOT_FORMAT:
+            raise StateError(f"the state snapshot was written by a newer qw (format "
+                             f"{data['format']}; this qw reads format {SNAPSHOT_FORMAT})",
+                             where, "upgrade qw; this qw leaves the file as it is")
+        state = cls(data.get("spec"))
+        try:
+            for name in ("run_id", "pid", "started_at", "ended_at", "run_status", "exit_code",
+                         "stop_reason", "paused_until", "pause_reason"):
+                setattr(state, name, data.get(name))
+            state.seq = int(data.get("seq") or 0)
+            for item in data["tasks"]:
+                rec = TaskRecord(**{name: item[name] for name in _RECORD_FIELDS if name in item})
+                if rec.status not in STATUSES:
+                    raise ValueError(f"task {rec.id} has unknown status {rec.status!r}")
+                state.tasks[rec.id] = rec
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"the state snapshot is malformed ({exc})", where, fix) from None
+        return state
+
+
+_HANDLERS = {
+    "run_started": RunState._run_started,
+    "task_status": RunState._task_status,
+    "attempt_started": RunState._attempt_started,
+    "attempt_ended": RunState._attempt_ended,
+    "task_done": RunState._task_done,
+    "task_failed": RunState._task_failed,
+    "retry_scheduled": RunState._retry_scheduled,
+    "run_paused": RunState._run_paused,
+    "run_ended": RunState._run_ended,
+    "task_progress": RunState._task_progress,
+}
+EVENT_TYPES = tuple(_HANDLERS)
+
+
+def replay(events: Iterable[Dict[str, Any]], spec: Optional[str] = None) -> RunState:
+    """The state that applying `events` in order produces."""
+    state = RunState(spec)
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def recover_interrupted(state: RunState, now: float) -> List[Dict[str, Any]]:
+    """The events that return every task still `running` in a run that died to pending,
+    with error "interrupted" (the attempt stays counted). Changes nothing itself: apply them
+    to show a dead run as it stands, or record them to persist that."""
+    return [{"type": "task_status", "t": now, "task": rec.id, "status": PENDING,
+             "reason": INTERRUPTED}
+            for rec in state.tasks.values() if rec.status == RUNNING]
+
+
+def _interrupted(rec: TaskRecord, t: float) -> TaskRecord:
+    return replace(rec, status=PENDING, error=INTERRUPTED, outcome=INTERRUPTED, worker=None,
+                   ended_at=t, next_try_at=None, progress={})
+
+
+def _need(event: Dict[str, Any], key: str) -> Any:
+    if key not in event:
+        raise ValueError(f"{event.get('type')} event lacks {key!r}")
+    return event[key]
+
+
+def _illegal(event: Dict[str, Any], rec: TaskRecord) -> None:
+    where = "with an attempt running" if rec.attempt_open else f"in status {rec.status}"
+    raise ValueError(f"illegal transition: {event.get('type')} for task {rec.id} {where}")

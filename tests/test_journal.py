@@ -1,0 +1,312 @@
+"""qw.journal: atomic writes, the append-only journal, and the snapshot + journal store."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import selectors
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from qw.errors import StateError
+from qw.journal import Journal, StateStore, atomic_write, new_run_id
+from qw.state import replay
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def leftovers(directory):
+    return [name for name in os.listdir(directory) if name.endswith(".tmp")]
+
+
+# ----- atomic_write
+
+
+def test_atomic_write_creates_and_replaces(tmp_path):
+    path = tmp_path / "tasks.md"
+    atomic_write(str(path), b"one")
+    atomic_write(str(path), b"two")
+    assert path.read_bytes() == b"two"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_atomic_write_keeps_an_existing_mode_and_sets_a_requested_one(tmp_path):
+    kept = tmp_path / "tasks.md"
+    kept.write_bytes(b"old")
+    os.chmod(kept, 0o640)
+    atomic_write(str(kept), b"new")
+    assert stat.S_IMODE(os.stat(kept).st_mode) == 0o640
+    secret = tmp_path / "owner.json"
+    atomic_write(str(secret), b"{}", mode=0o600)
+    assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
+
+
+def test_atomic_write_that_cannot_replace_leaves_the_target_alone(tmp_path):
+    # A directory in the way: os.replace fails after the data was written.
+    target = tmp_path / "state.json"
+    target.mkdir()
+    (target / "keep").write_text("kept")
+    with pytest.raises(OSError):
+        atomic_write(str(target), b"new")
+    assert (target / "keep").read_text() == "kept"
+    assert leftovers(tmp_path) == []
+
+
+def test_atomic_write_interrupted_before_replace_keeps_the_old_content(tmp_path, monkeypatch):
+    path = tmp_path / "tasks.md"
+    path.write_bytes(b"old content")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt   # Ctrl-C between writing the temp file and renaming it
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), b"new content")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old content"
+    assert leftovers(tmp_path) == []
+
+
+# ----- Journal
+
+
+def test_journal_lines_round_trip_one_event_per_line(tmp_path):
+    path = str(tmp_path / "runs" / "r1" / "events.jsonl")
+    journal = Journal(path)
+    events = [{"type": "a", "t": 1.0, "message": "two\nlines and ünïcode"},
+              {"type": "run_ended", "t": 2, "status": "done", "exit_code": 0}]
+    for event in events:
+        journal.append(event)
+    journal.close()
+    with open(path, "rb") as f:
+        assert f.read().count(b"\n") == 2
+    read = Journal.read(path)
+    assert list(read) == events and read.torn is None
+
+
+def test_a_torn_last_line_is_skipped_reported_and_cut_before_the_next_append(tmp_path):
+    path = str(tmp_path / "events.jsonl")
+    journal = Journal(path)
+    journal.append({"type": "a", "t": 1, "seq": 1})
+    journal.close()
+    with open(path, "ab") as f:
+        f.write(b'{"type":"b","t":2,"se')        # a writer died mid-line
+    read = Journal.read(path)
+    assert list(read) == [{"type": "a", "t": 1, "seq": 1}]
+    assert read.torn == b'{"type":"b","t":2,"se'
+    journal = Journal(path)
+    journal.append({"type": "c", "t": 3, "seq": 2})
+    journal.close()
+    read = Journal.read(path)
+    assert [e["type"] for e in read] == ["a", "c"] and read.torn is None
+
+
+def test_a_bad_line_inside_the_journal_names_its_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"type":"a","t":1}\nnot json\n{"type":"b","t":2}\n')
+    with pytest.raises(StateError, match=re.escape(f"{path}:2")):
+        Journal.read(str(path))
+
+
+WRITER = r"""
+import sys
+from qw.journal import Journal
+journal = Journal(sys.argv[1])
+seq = 0
+while True:
+    seq += 1
+    journal.append({"type": "x", "t": 0, "seq": seq, "pad": "p" * (seq % 5000)})
+    if seq == 200:
+        print("going", flush=True)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_a_writer_killed_mid_stream_leaves_a_readable_journal(tmp_path):
+    path = str(tmp_path / "events.jsonl")
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path], stdout=subprocess.PIPE,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            assert sel.select(timeout=30), "the writer did not start within 30 s"
+        assert proc.stdout.readline() == b"going\n"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    events = Journal.read(path)
+    assert len(events) >= 200
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+# ----- StateStore
+
+
+def run_started(run_id="r1", tasks=(("1", "One"), ("2", "Two"))):
+    return {"type": "run_started", "t": 1.0, "run_id": run_id, "spec": "demo",
+            "tasks": [list(t) for t in tasks], "pid": 1}
+
+
+def some_events():
+    return [
+        run_started(),
+        {"type": "attempt_started", "t": 2.0, "task": "1", "attempt": 1, "worker": 0,
+         "timeout_s": 60},
+        {"type": "attempt_ended", "t": 3.0, "task": "1", "attempt": 1, "outcome": "ok",
+         "message": "", "cost_usd": 0.5, "duration_s": 1.0, "session_id": "s", "exit_code": 0},
+        {"type": "task_done", "t": 3.0, "task": "1"},
+        {"type": "attempt_started", "t": 4.0, "task": "2", "attempt": 1, "worker": 1,
+         "timeout_s": 60},
+    ]
+
+
+class Ticks:
+    """A clock that moves `step` seconds each time it is read."""
+
+    def __init__(self, step):
+        self.now, self.step = 0.0, step
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+
+class CountingWrites:
+    def __init__(self):
+        self.paths = []
+
+    def __call__(self, path, data):
+        self.paths.append(path)
+        atomic_write(path, data)
+
+
+def test_nothing_stored_loads_as_none(tmp_path):
+    assert StateStore(str(tmp_path / ".qw"), "demo").load() is None
+
+
+def test_load_is_the_snapshot_plus_the_journal_it_has_not_seen(tmp_path):
+    qw = str(tmp_path / ".qw")
+    store = StateStore(qw, "demo", snapshot_interval=3600.0)   # no snapshot after run_started
+    store.load()
+    for event in some_events():
+        store.record(event)
+    with open(store.snapshot_path) as f:
+        assert json.load(f)["seq"] == 1                       # the snapshot is behind...
+    loaded = StateStore(qw, "demo").load()                    # ...the journal is not
+    assert loaded.to_snapshot() == store.state.to_snapshot()
+    assert loaded.view()["tasks"][1]["status"] == "running"
+    assert loaded.to_snapshot() == replay(some_events()).to_snapshot() | {"seq": 5}
+
+
+def test_events_already_in_the_snapshot_are_not_applied_twice(tmp_path):
+    qw = str(tmp_path / ".qw")
+    store = StateStore(qw, "demo", snapshot_interval=0.0)     # a snapshot after every event
+    store.load()
+    for event in some_events()[:3]:
+        store.record(event)
+    store.record({"type": "task_done", "t": 5.0, "task": "1"})
+    assert StateStore(qw, "demo").load().to_snapshot() == store.state.to_snapshot()
+
+
+def test_a_new_run_gets_its_own_journal_and_the_store_follows_it(tmp_path):
+    qw = str(tmp_path / ".qw")
+    store = StateStore(qw, "demo")
+    store.load()
+    for event in some_events():
+        store.record(event)
+    store.record({"type": "run_ended", "t": 5.0, "status": "interrupted", "exit_code": 130})
+    store.close()
+    store = StateStore(qw, "demo", snapshot_interval=3600.0)
+    store.load()
+    store.record(run_started("r2"))
+    store.record({"type": "task_done", "t": 6.0, "task": "2"})
+    assert os.path.exists(store.journal_path("r1")) and os.path.exists(store.journal_path("r2"))
+    assert [e["seq"] for e in Journal.read(store.journal_path("r2"))] == [7, 8]
+    loaded = StateStore(qw, "demo").load()
+    assert loaded.run_id == "r2" and loaded.tasks["2"].status == "done"
+
+
+def test_a_torn_journal_line_is_reported_by_load(tmp_path):
+    qw = str(tmp_path / ".qw")
+    store = StateStore(qw, "demo")
+    store.load()
+    store.record(run_started())
+    with open(store.journal_path("r1"), "ab") as f:
+        f.write(b'{"type":"task_done","t":2,"ta')
+    again = StateStore(qw, "demo")
+    assert again.load().tasks["1"].status == "pending"
+    assert again.torn == b'{"type":"task_done","t":2,"ta'
+
+
+def test_an_illegal_event_is_neither_applied_nor_journaled(tmp_path):
+    store = StateStore(str(tmp_path / ".qw"), "demo")
+    store.load()
+    store.record(run_started())
+    with pytest.raises(ValueError):
+        store.record({"type": "task_done", "t": 2.0, "task": "nope"})
+    with pytest.raises(ValueError):   # not JSON: NaN
+        store.record({"type": "run_paused", "t": float("nan"), "until": None})
+    store.record({"type": "task_done", "t": 2.0, "task": "1"})
+    assert [e["seq"] for e in Journal.read(store.journal_path("r1"))] == [1, 2]
+
+
+def test_a_newer_snapshot_is_refused_and_never_overwritten(tmp_path):
+    qw = str(tmp_path / ".qw")
+    os.makedirs(os.path.join(qw, "state"))
+    path = os.path.join(qw, "state", "demo.json")
+    newer = b'{"format": 2, "something": "new"}'
+    with open(path, "wb") as f:
+        f.write(newer)
+    store = StateStore(qw, "demo")
+    with pytest.raises(StateError, match="newer qw"):
+        store.load()
+    with pytest.raises(StateError, match="newer qw"):
+        store.record(run_started())
+    with open(path, "rb") as f:
+        assert f.read() == newer
+
+
+def test_a_snapshot_that_is_not_json_is_a_state_error(tmp_path):
+    qw = tmp_path / ".qw"
+    (qw / "state").mkdir(parents=True)
+    (qw / "state" / "demo.json").write_text("{half")
+    with pytest.raises(StateError, match="not valid JSON"):
+        StateStore(str(qw), "demo").load()
+
+
+def test_the_snapshot_is_rewritten_a_few_times_not_per_event(tmp_path):
+    # 2,500 tasks x 4 transitions = 10,000 events over 10 "seconds" of a fake clock.
+    writes = CountingWrites()
+    tasks = [(str(i), f"Task {i}") for i in range(2500)]
+    store = StateStore(str(tmp_path / ".qw"), "big", clock=Ticks(0.001), write_file=writes)
+    store.load()
+    store.record(dict(run_started(tasks=tasks), spec="big"))
+    for i, (task_id, _title) in enumerate(tasks):
+        store.record({"type": "task_status", "t": 2.0, "task": task_id, "status": "ready"})
+        store.record({"type": "attempt_started", "t": 2.0, "task": task_id, "attempt": 1,
+                      "worker": i % 8, "timeout_s": 60})
+        store.record({"type": "attempt_ended", "t": 3.0, "task": task_id, "attempt": 1,
+                      "outcome": "ok", "message": "", "cost_usd": 0.01, "duration_s": 1.0,
+                      "session_id": None, "exit_code": 0})
+        store.record({"type": "task_done", "t": 3.0, "task": task_id})
+    store.record({"type": "run_ended", "t": 4.0, "status": "done", "exit_code": 0})
+    store.close()
+    assert 2 <= len(writes.paths) <= 15, f"{len(writes.paths)} snapshot writes"
+    assert len(Journal.read(store.journal_path("r1"))) == 10002
+    loaded = StateStore(str(tmp_path / ".qw"), "big").load()
+    assert loaded.view()["totals"]["done"] == 2500
+
+
+def test_run_ids_sort_by_time_and_differ():
+    first, second = new_run_id(1763709480.0), new_run_id(1763709481.0)
+    assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", first)
+    assert first.startswith("20251121-071800-")
+    assert first < second
+    assert len({new_run_id(1763709480.0) for _ in range(20)}) > 1

@@ -1,0 +1,350 @@
+"""Supervised child trees with real processes: nothing a test starts may outlive it.
+
+Every test gets its own QW_RUN_ID marker in the environment of what it starts; afterwards the
+`marker` fixture checks /proc for any process still carrying it. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from qw import guard, proctree
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="real process trees are checked through /proc")
+
+FAKES = Path(__file__).parent / "fakes"
+CHILD = [sys.executable, str(FAKES / "child.py")]
+BOUND = 20.0  # seconds: a generous ceiling for anything a loaded 2-core machine must do
+
+
+def marked_pids(run_id: str) -> list:
+    """Living processes (not zombies: their environ reads empty) carrying the marker."""
+    wanted = ("QW_RUN_ID=" + run_id).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open("/proc/%s/environ" % name, "rb") as f:
+                    if wanted in f.read().split(b"\0"):
+                        found.append(int(name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something truthy; fail with `what` after timeout.
+    (For events with no handle to block on, like "no process of this run is left".)"""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(0.02)
+
+
+def read_line_within(stream, timeout: float) -> bytes:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        pytest.fail("no output within %.0f s" % timeout)
+    return stream.readline()
+
+
+@pytest.fixture
+def marker():
+    run_id = "test-" + uuid.uuid4().hex
+    env = dict(os.environ, QW_RUN_ID=run_id, QW_TASK_ID="1")
+    yield SimpleNamespace(run_id=run_id, env=env)
+    deadline = time.monotonic() + 5.0
+    while marked_pids(run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = marked_pids(run_id)
+    if left:
+        for pid in left:
+            guard.kill_quietly(pid, signal.SIGKILL)
+        pytest.fail("processes left behind by the test: %s" % left)
+
+
+def start(marker, *args: str, stdin_data: bytes = b"", grace: float = 0.5):
+    return proctree.start_child(CHILD + list(args), env=marker.env, cwd=os.getcwd(),
+                                stdin_data=stdin_data, grace=grace)
+
+
+def read_all(child) -> list:
+    lines = []
+    deadline = time.monotonic() + BOUND
+    while time.monotonic() < deadline:
+        line = child.read_line(deadline - time.monotonic())
+        if line == b"":
+            return lines
+        if line is not None:
+            lines.append(line)
+    pytest.fail("no EOF within %.0f s; got %r" % (BOUND, lines))
+
+
+def test_lines_then_eof_then_exit_code(marker):
+    with start(marker, "lines", "3", "7") as child:
+        assert read_all(child) == [b"line 0\n", b"line 1\n", b"line 2\n"]
+        assert child.read_line(1.0) == b""  # EOF stays EOF, at once
+        assert child.wait(BOUND) == 7
+        assert child.poll() == 7
+        assert child.stderr_tail() == "bye\n"
+    assert marked_pids(marker.run_id) == []
+
+
+def test_stop_ends_a_child_that_would_run_forever(marker):
+    child = start(marker, "sleep", grace=2.0)
+    assert child.read_line(BOUND) == b"ready\n"
+    assert child.read_line(0.05) is None  # nothing more yet: a timeout, not EOF
+    assert child.poll() is None
+    code = child.stop()
+    assert code == 128 + signal.SIGINT  # SIGINT was enough
+    assert "KeyboardInterrupt" in child.stderr_tail()
+    assert marked_pids(marker.run_id) == []
+    assert child.stop() == code  # idempotent
+    child.close()
+
+
+def test_stop_escalates_to_sigkill_when_signals_are_ignored(marker):
+    child = start(marker, "ignore")
+    assert child.read_line(BOUND) == b"ready\n"
+    began = time.monotonic()
+    assert child.stop(grace=0.3) == 128 + signal.SIGKILL
+    assert time.monotonic() - began < 0.6 + BOUND / 2
+    assert marked_pids(marker.run_id) == []
+    child.close()
+
+
+def test_orphans_are_killed_when_the_child_exits_normally(marker, tmp_path):
+    fifo = tmp_path / "release"
+    os.mkfifo(str(fifo))
+    child = start(marker, "orphans", str(fifo))
+    assert child.read_line(BOUND) == b"ready\n"
+    # The child, a sleep in its own session, a background job, a stubborn one in its own
+    # session: all under the guard, whatever session they are in.
+    assert len(proctree.tree_pids(child.pid)) >= 4
+    with open(str(fifo), "wb"):
+        pass  # lets the child exit 0, leaving its grandchildren behind
+    # The grandchildren hold stdout open: EOF means the guard has killed them.
+    assert read_all(child) == []
+    assert child.wait(BOUND) == 0
+    assert marked_pids(marker.run_id) == []
+    child.close()
+
+
+def test_tree_dies_when_the_worker_is_sigkilled(marker):
+    worker = subprocess.Popen([sys.executable, str(FAKES / "worker.py")], env=marker.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        words = read_line_within(worker.stdout, BOUND).split()
+        assert words[0] == b"ready", words
+        guard_pid = int(words[1])
+        assert len(proctree.tree_pids(guard_pid)) >= 4  # child + 3 grandchildren
+        worker.kill()
+        assert worker.wait(BOUND) == -signal.SIGKILL
+        wait_until(lambda: not marked_pids(marker.run_id), BOUND,
+                   "the guard to kill the tree of a SIGKILLed worker")
+    finally:
+        worker.kill()
+        worker.wait(BOUND)
+        worker.stdin.close()
+        worker.stdout.close()
+
+
+def test_large_stdin_passes_through_intact(marker):
+    data = bytes(range(256)) * 1016  # 260,096 bytes: far more than a pipe buffer
+    with start(marker, "stdin", stdin_data=data) as child:
+        expected = "%d %s\n" % (len(data), hashlib.sha256(data).hexdigest())
+        assert read_all(child) == [expected.encode()]
+        assert child.wait(BOUND) == 0
+
+
+def test_unread_stdin_does_not_hang(marker):
+    with start(marker, "lines", "1", "0", stdin_data=b"x" * 300_000) as child:
+        assert read_all(child) == [b"line 0\n"]
+        assert child.wait(BOUND) == 0
+
+
+def test_a_missing_command_is_file_not_found(marker):
+    with pytest.raises(FileNotFoundError):
+        proctree.start_child(["no-such-command-qw"], env=marker.env, cwd=os.getcwd(),
+                             stdin_data=b"")
+
+
+def test_guard_reports_127_when_the_command_cannot_start(marker, tmp_path):
+    # start_child checks the command first; the guard's own check covers a vanished file.
+    child = proctree._start_posix(str(tmp_path / "gone"), ["gone"], marker.env, os.getcwd(),
+                                  b"", 1.0)
+    assert child.wait(BOUND) == 127
+    child.close()
+    assert "cannot start" in child.stderr_tail()
+
+
+def test_kill_marked_kills_detached_processes_of_that_task(marker):
+    def detached(task_id):
+        env = dict(marker.env, QW_TASK_ID=task_id)
+        return subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+
+    first, second = detached("1"), detached("2")
+    wait_until(lambda: len(marked_pids(marker.run_id)) == 2, BOUND, "both sleeps to exec")
+    assert proctree.kill_marked(marker.run_id, "1") == [first.pid]
+    assert first.wait(BOUND) == -signal.SIGKILL
+    assert second.poll() is None
+    assert proctree.kill_marked(marker.run_id) == [second.pid]
+    assert second.wait(BOUND) == -signal.SIGKILL
+    assert proctree.kill_marked(marker.run_id) == []
+
+
+def test_parent_watch_ends_a_spawned_process_when_its_parent_dies(marker):
+    assert proctree.start_parent_watch(lambda: None) is None  # pytest has no such parent
+    parent = subprocess.Popen([sys.executable, str(FAKES / "parent_watch.py")], env=marker.env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        watched = int(read_line_within(parent.stdout, BOUND))
+        parent.kill()
+        parent.wait(BOUND)
+        wait_until(lambda: watched not in marked_pids(marker.run_id), BOUND,
+                   "the watched process to exit after its parent died")
+    finally:
+        parent.kill()
+        parent.wait(BOUND)
+        parent.stdin.close()
+        parent.stdout.close()
+
+
+def test_process_table_from_ps_agrees_with_proc():
+    if not os.path.exists("/usr/bin/ps") and not os.path.exists("/bin/ps"):
+        pytest.skip("no ps here")
+    assert guard._ps_table()[os.getpid()][0] == guard._proc_table()[os.getpid()][0]
+
+
+# ---------------------------------------------------------------------------------------
+# Windows, through a fake kernel32: there is no Windows machine here. The fake acts on real
+# Linux processes so that stop() meets a real child: the "job" is the child's process group.
+
+class FakeWin32:
+    def __init__(self, terminate_works: bool = True, assign_works: bool = True):
+        self.calls = []
+        self.terminate_works = terminate_works
+        self.assign_works = assign_works
+        self.proc = None
+
+    def popen(self, argv, creationflags, **kwargs):
+        self.calls.append("popen")
+        self.creationflags = creationflags
+        self.proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        return self.proc
+
+    def create_job_object(self):
+        self.calls.append("create_job_object")
+        return 1234
+
+    def set_kill_on_job_close(self, job):
+        self.calls.append("set_kill_on_job_close")
+        assert job == 1234
+
+    def assign_process_to_job_object(self, job, proc):
+        self.calls.append("assign_process_to_job_object")
+        assert (job, proc) == (1234, self.proc)
+        if not self.assign_works:
+            raise OSError("access denied")
+
+    def terminate_job_object(self, job, exit_code):
+        self.calls.append("terminate_job_object")
+        if self.terminate_works:
+            guard.kill_quietly(-self.proc.pid, signal.SIGKILL)
+
+    def close_handle(self, handle):
+        self.calls.append("close_handle")
+        assert handle == 1234
+
+    def send_ctrl_break(self, pid):
+        self.calls.append("send_ctrl_break")
+        os.killpg(pid, signal.SIGINT)  # CTRL_BREAK_EVENT goes to the whole process group
+
+    def taskkill(self, pid):
+        self.calls.append("taskkill")
+        os.killpg(pid, signal.SIGKILL)
+
+
+def start_windows(marker, win32, *args: str, grace: float = 0.3):
+    return proctree._start_windows(CHILD + list(args), marker.env, os.getcwd(), b"", grace,
+                                   win32)
+
+
+JOB_SETUP = ["create_job_object", "set_kill_on_job_close", "popen",
+             "assign_process_to_job_object"]
+
+
+def test_windows_stop_breaks_then_closes_the_job(marker):
+    win32 = FakeWin32()
+    child = start_windows(marker, win32, "sleep")
+    assert child.read_line(BOUND) == b"ready\n"
+    assert child.stop() == -signal.SIGINT  # the break was enough
+    assert win32.creationflags == (proctree.CREATE_NEW_PROCESS_GROUP
+                                   | proctree.CREATE_NO_WINDOW)
+    assert win32.calls == JOB_SETUP + ["send_ctrl_break", "terminate_job_object",
+                                       "close_handle"]
+    child.close()
+
+
+def test_windows_stop_terminates_the_job_when_the_break_is_ignored(marker):
+    win32 = FakeWin32()
+    child = start_windows(marker, win32, "ignore")
+    assert child.read_line(BOUND) == b"ready\n"
+    assert child.stop() == -signal.SIGKILL
+    assert win32.calls == JOB_SETUP + ["send_ctrl_break", "terminate_job_object",
+                                       "close_handle"]
+    child.close()
+
+
+def test_windows_stop_falls_back_to_taskkill(marker, monkeypatch):
+    monkeypatch.setattr(proctree, "KILL_WAIT", 0.3)
+    win32 = FakeWin32(terminate_works=False)
+    child = start_windows(marker, win32, "ignore")
+    assert child.read_line(BOUND) == b"ready\n"
+    assert child.stop() == -signal.SIGKILL
+    assert win32.calls == JOB_SETUP + ["send_ctrl_break", "terminate_job_object",
+                                       "close_handle", "taskkill"]
+    child.close()
+
+
+def test_windows_without_a_job_uses_taskkill(marker):
+    win32 = FakeWin32(assign_works=False)
+    child = start_windows(marker, win32, "ignore")
+    assert child.read_line(BOUND) == b"ready\n"
+    assert child.stop() == -signal.SIGKILL
+    assert win32.calls == JOB_SETUP + ["close_handle", "send_ctrl_break", "taskkill"]
+    child.close()
+
+
+def test_windows_normal_exit_closes_the_job_and_its_strays(marker):
+    win32 = FakeWin32()
+    child = proctree._start_windows(["sh", "-c", "echo hi; sleep 300 &"], marker.env,
+                                    os.getcwd(), b"", 0.3, win32)
+    # The background sleep holds stdout: EOF comes only once the job is closed.
+    assert read_all(child) == [b"hi\n"]
+    assert child.wait(BOUND) == 0
+    assert win32.calls == JOB_SETUP + ["terminate_job_object", "close_handle"]
+    child.close()
+
+
+def test_windows_job_limit_structure_has_the_documented_size():
+    import ctypes
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        pytest.skip("the documented size is for 64-bit")
+    assert ctypes.sizeof(proctree.job_limit_struct(ctypes)) == 144
