@@ -8,13 +8,16 @@ an exit code. To add a command, add a `Command` to `COMMANDS`.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from qw import __version__
 from qw.errors import EXIT_INTERRUPTED, EXIT_USAGE, QwError, UsageError
+from qw.report import short_paths
 
 _EPILOG = """\
 exit codes: 0 done, 1 a task failed, 2 bad input, 3 spec locked by another run,
@@ -26,7 +29,55 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is a UsageError (one line, exit 2), not a printed usage."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise UsageError(message, where=self.prog, fix=f"see `{self.prog} --help`")
+        raise (_unknown_command(message)
+               or UsageError(_reword(message), where=self.prog, fix=f"see `{self.prog} --help`"))
+
+
+# argparse's own messages, reworded to read as qw's: (pattern, replacement).
+_ARGPARSE_MESSAGES = (
+    (re.compile(r"^the following arguments are required: (.*)$"), r"missing \1"),
+    (re.compile(r"^argument (\S+): expected one argument$"), r"\1 needs a value"),
+    (re.compile(r"^argument (\S+): invalid (\w+) value: (.*)$"), r"\1 must be \2, got \3"),
+)
+_TYPE_WORDS = {"int": "a whole number", "float": "a number"}
+
+
+def _reword(message: str) -> str:
+    for pattern, replacement in _ARGPARSE_MESSAGES:
+        if pattern.match(message):
+            message = pattern.sub(replacement, message)
+            for word, text in _TYPE_WORDS.items():
+                message = message.replace(f" must be {word}, ", f" must be {text}, ")
+            return message
+    return message
+
+
+def _unknown_command(message: str) -> Optional[UsageError]:
+    """argparse's "invalid choice" for COMMAND, as qw says it (with a close match)."""
+    found = re.search(r"argument COMMAND: invalid choice: '?([^' ]*)'?", message)
+    if not found:
+        return None
+    names = [c.name for c in COMMANDS]
+    near = difflib.get_close_matches(found.group(1), names, n=1, cutoff=0.7)
+    fix = (f"did you mean {near[0]}?" if near else "the commands are " + ", ".join(names))
+    return UsageError(f"unknown command {found.group(1)!r}", "qw", fix + " (see `qw --help`)")
+
+
+def _unrecognized(extras: List[str], prog: str,
+                  parser: argparse.ArgumentParser) -> UsageError:
+    """What argparse calls "unrecognized arguments", named for the command they were given to."""
+    fix = f"see `{prog} --help`"
+    options = [a for a in extras if a.startswith("-")]
+    if options:
+        known = [s for action in parser._actions for s in action.option_strings]
+        near = difflib.get_close_matches(options[0].split("=")[0], known, n=1, cutoff=0.7)
+        if near:
+            fix = f"did you mean {near[0]}? ({fix})"
+        what = (f"unknown option {options[0]}" if len(extras) == 1
+                else "unknown arguments " + " ".join(extras))
+    else:
+        what = f"unexpected argument {' '.join(extras)!r}"
+    return UsageError(what, prog, fix)
 
 
 @dataclass(frozen=True)
@@ -107,16 +158,29 @@ COMMANDS: List[Command] = [
 ]
 
 
+def _add_common(p: argparse.ArgumentParser, default: object) -> None:
+    """The options every command takes, before or after the command name."""
+    p.add_argument("--config", metavar="FILE", default=default,
+                   help="config file (default: qw.toml or .claude/qw.toml)")
+    p.add_argument("--repo", metavar="DIR", default=default,
+                   help="repository root (default: found from the working directory)")
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show tracebacks (QW_DEBUG=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # The common options are on the top parser (defaults) and on each command's parser
+    # (SUPPRESS), so `qw --repo X plan s` and `qw plan s --repo X` both work and a
+    # command's parser never overwrites a value given before the command name.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="FILE", help="config file (default: qw.toml)")
-    common.add_argument("--repo", metavar="DIR", help="repository root (default: found from cwd)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks (QW_DEBUG=1)")
+    _add_common(common, argparse.SUPPRESS)
 
     parser = _Parser(prog="qw", description="Run a spec's task list as parallel, supervised, "
                      "headless Claude Code sessions.", epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"qw {__version__}")
+    _add_common(parser, None)
+    parser.set_defaults(debug=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help,
@@ -132,13 +196,29 @@ def _resolve(target: str) -> Callable[[argparse.Namespace], int]:
     return getattr(module, func_name)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespace:
+    """Parse `argv`; arguments nobody knows are an error naming the command they followed."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = getattr(args, "command", None)
+        if command:
+            sub = next(a for a in parser._actions
+                       if isinstance(a, argparse._SubParsersAction))
+            raise _unrecognized(extras, f"qw {command}", sub.choices[command])
+        raise _unrecognized(extras, "qw", parser)
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run qw with `argv` (default sys.argv[1:]) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("QW_DEBUG", "") not in ("", "0") or "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = _parse(parser, argv)
+        except SystemExit as done:    # --help and --version print, then exit 0
+            return done.code if isinstance(done.code, int) else EXIT_USAGE
         if not getattr(args, "_run", None):
             parser.print_help()
             return EXIT_USAGE
@@ -147,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             import traceback
             traceback.print_exc()
-        print(f"qw: error: {e}", file=sys.stderr)
+        print(f"qw: error: {short_paths(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("qw: interrupted", file=sys.stderr)
@@ -159,3 +239,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError:
             pass
         return 0
+    except OSError as e:
+        # The file system said no (permissions, a full disk): the user's to fix, not a bug.
+        if debug:
+            import traceback
+            traceback.print_exc()
+        where = e.filename if e.filename else "qw"
+        print(f"qw: error: {e.strerror or e}, {short_paths(str(where))}; check that the path "
+              "exists and is writable (QW_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_USAGE

@@ -8,16 +8,14 @@ render; they never format output themselves. `run` lives in `qw.runner`, `doctor
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Tuple
 
 from qw import report
 from qw.config import Config, load_config
-from qw.errors import EXIT_OK, EXIT_USAGE, QwError, UsageError
+from qw.errors import EXIT_OK, EXIT_USAGE, UsageError
 from qw.plan import Plan, build_plan
-from qw.specdir import Spec, find_repo_root, load_spec, resolve_spec
+from qw.specdir import SPECS_DIR, Spec, find_repo_root, load_spec, resolve_spec
 
 # Flag name -> config key. Values stay strings here; config validates and types them.
 RUN_FLAGS = {
@@ -29,13 +27,22 @@ RUN_FLAGS = {
 
 
 def repo_of(args: argparse.Namespace) -> str:
+    """The repository root: `--repo`; else, for a SPEC given as a path, the repository that
+    holds it; else the one holding the working directory (DESIGN §2)."""
     if getattr(args, "repo", None):
         repo = os.path.abspath(args.repo)
         if not os.path.isdir(repo):
-            raise UsageError(f"--repo {args.repo} is not a directory", where="--repo",
+            raise UsageError(f"not a directory: {args.repo}", where="--repo",
                              fix="give the repository's root folder")
         return repo
-    return find_repo_root(os.getcwd())
+    found = find_repo_root(os.getcwd())
+    spec = getattr(args, "spec", None)
+    if spec and os.path.exists(spec) and not os.path.isdir(os.path.join(found, SPECS_DIR, spec)):
+        # `qw run ~/other/.claude/specs/x` from elsewhere: its state, config and steering
+        # docs are that repository's, not the working directory's.
+        folder = os.path.abspath(spec if os.path.isdir(spec) else os.path.dirname(spec) or ".")
+        return find_repo_root(folder)
+    return found
 
 
 def config_of(args: argparse.Namespace, repo: str) -> Config:
@@ -58,11 +65,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     repo = repo_of(args)
     config = config_of(args, repo)
     spec, plan = spec_and_plan(args, repo, config)
-    done = {t.id for t in plan.tasks if t.status == "done"}
     if args.json:
-        report.print_json(plan.to_json())
+        data = plan.to_json()
+        status = {t.id: t.status for t in plan.tasks}
+        for task in data["tasks"]:
+            task["status"] = status[task["id"]]
+        report.print_json(data)
     else:
-        report.print_plan(spec, plan, done=done, explain=args.explain)
+        report.print_plan(spec, plan, explain=args.explain)
     return EXIT_OK
 
 
@@ -99,10 +109,21 @@ def cmd_init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_task_ids(spec: Spec, plan: Plan, ids: List[str]) -> None:
+    """Refuse a `--task` that names no task (or group) of the spec, before anything starts."""
+    known = set(plan.deps) | set(plan.groups)
+    for task_id in ids:
+        if task_id not in known:
+            raise UsageError(f"unknown task {task_id}", f"--task {task_id}",
+                             f"use an id from {spec.paths.tasks} "
+                             f"(`qw plan {spec.name}` lists them)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     repo = repo_of(args)
     config = config_of(args, repo)
     spec, plan = spec_and_plan(args, repo, config)
+    check_task_ids(spec, plan, args.task)
     if args.dry_run:
         from qw.prompt import dry_run_report
 

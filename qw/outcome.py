@@ -28,6 +28,10 @@ from .claude import one_line
 
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+# Not produced by classify(): the kind of an attempt qw itself cancelled (Ctrl-C, a run
+# that is stopping). It is not the task's fault, so no retry policy judges it.
+INTERRUPTED = "interrupted"
+
 KINDS = ("ok", "auth", "rate_limited", "overloaded", "server_error", "usage_limit", "timeout",
          "hung", "max_turns", "budget", "crashed", "denied")
 

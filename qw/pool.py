@@ -12,7 +12,7 @@ import multiprocessing
 from multiprocessing.connection import wait as mp_wait
 from typing import Dict, List, Optional, Tuple
 
-from qw.worker import AttemptRequest, Cancel, worker_main
+from qw.worker import AttemptRequest, AttemptResult, Cancel, worker_main
 
 
 class _Slot:
@@ -82,7 +82,7 @@ class Pool:
                 try:
                     while slot.conn.poll():
                         msg = slot.conn.recv()
-                        if getattr(msg, "kind", None) is not None:   # an AttemptResult
+                        if isinstance(msg, AttemptResult):
                             slot.request = None
                         events.append(("message", slot.worker_id, msg))
                 except (EOFError, OSError):

@@ -7,14 +7,28 @@ TTY, timestamped lines otherwise) is `qw.runreport`.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO
 
 from qw.durations import format_duration
 
 
 def _out() -> TextIO:
     return sys.stdout
+
+
+def short_paths(text: str) -> str:
+    """`text` with paths under the working directory made relative to it: shorter lines,
+    and still paths a user can open from where they are."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return text
+    if os.path.dirname(cwd) == cwd:   # the root: every absolute path would lose its "/"
+        return text
+    return text.replace(cwd + os.sep, "")
 
 
 def print_json(data: object, stream: Optional[TextIO] = None) -> None:
@@ -35,20 +49,23 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def print_plan(spec, plan, done: Iterable[str] = (), explain: bool = False) -> None:
+def print_plan(spec, plan, explain: bool = False) -> None:
+    """The batches with each task's checkbox as tasks.md has it, its prerequisites and
+    (`explain`) why each exists, the groups, and the critical path."""
     out = _out()
-    done = set(done)
     batches = plan.batches()
+    done = sum(1 for t in plan.tasks if t.status == "done")
     out.write(f"spec {spec.name}: {len(plan.tasks)} runnable tasks, "
-              f"{len(done)} done, {len(batches)} batches\n")
-    titles = {t.id: t.title for t in plan.tasks}
+              f"{done} done, {len(batches)} batches\n")
+    by_id = {t.id: t for t in plan.tasks}
     for n, batch in enumerate(batches, 1):
         out.write(f"\nbatch {n}:\n")
         for tid in batch:
-            mark = "x" if tid in done else " "
+            task = by_id[tid]
             deps = plan.deps.get(tid, ())
             after = f"  (after {', '.join(deps)})" if deps else ""
-            out.write(f"  [{mark}] {tid}  {titles[tid]}{after}\n")
+            blocked = f"  [blocked: {task.blocked_reason}]" if task.blocked_reason else ""
+            out.write(f"  [{task.mark}] {tid}  {task.title}{after}{blocked}\n")
             if explain:
                 for dep, reason in plan.reasons.get(tid, {}).items():
                     out.write(f"        <- {dep}: {reason}\n")
@@ -62,7 +79,7 @@ def print_plan(spec, plan, done: Iterable[str] = (), explain: bool = False) -> N
 def print_validation(problems: List[str], summary: Dict[str, object]) -> None:
     if problems:
         for p in problems:
-            sys.stderr.write(f"qw: error: {p}\n")
+            sys.stderr.write(f"qw: error: {short_paths(p)}\n")
         sys.stderr.write(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found\n")
         return
     parts = [f"spec {summary.get('spec')}", f"{summary.get('tasks')} tasks",
@@ -94,10 +111,24 @@ def print_init(repo: str, written: List[str], kept: List[str]) -> None:
         out.write(f"wrote {rel}\n")
     for rel in kept:
         out.write(f"kept  {rel} (exists; --force overwrites)\n")
-    out.write("next: qw plan example, then qw run example\n")
+    qw = invocation()
+    out.write(f"next: {qw} plan example, {qw} run example --dry-run, then {qw} run example\n")
+
+
+def invocation() -> str:
+    """How the user started qw, to repeat in advice: `qw`, `python3 qw.pyz`, `python -m qw`."""
+    program = sys.argv[0] if sys.argv else ""
+    python = os.path.basename(sys.executable or "python") or "python"
+    if program.endswith(".pyz"):
+        return f"{python} {program}"
+    if os.path.basename(program) == "__main__.py":
+        return f"{python} -m qw"
+    return "qw"
 
 
 def print_dry_run(data: Dict[str, object]) -> None:
+    """The batches, then per task its command line (the prompt goes on stdin) and prompt,
+    then the prompt sizes against sending every spec document."""
     out = _out()
     out.write(f"spec {data['spec']}: would run {len(data['tasks'])} tasks "
               f"at -j {data['max_concurrent']} (dry run: nothing started)\n")
@@ -106,7 +137,7 @@ def print_dry_run(data: Dict[str, object]) -> None:
     for task in data["tasks"]:
         out.write(f"\n===== task {task['id']}: {task['title']} "
                   f"({task['prompt_chars']} chars) =====\n")
-        out.write(f"$ {' '.join(task['command'])} < prompt\n")
+        out.write(f"$ {' '.join(shlex.quote(a) for a in task['command'])} < prompt\n")
         out.write(task["prompt"].rstrip("\n") + "\n")
     sizes = data["prompt_sizes"]
     out.write(f"\nprompt size: median {sizes['median']} chars, max {sizes['max']} chars; "

@@ -25,6 +25,7 @@ from qw.claude import build_command, build_env
 from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, UsageError)
 from qw.journal import new_run_id
 from qw.lock import SpecLock
+from qw.outcome import Outcome
 from qw.pool import Pool
 from qw.prompt import build_prompt
 from qw.runreport import RunReporter
@@ -188,19 +189,20 @@ class _Run:
             return
         now = time.time()
         self._settle(worker_id, AttemptResult(
-            request.task_id, request.attempt, "crashed",
-            f"worker {worker_id} died while running {request.task_id}", None, now, now,
-            0.0, 0, None, None, None, ""))
+            request.task_id, request.attempt,
+            Outcome("crashed", f"worker {worker_id} died while running {request.task_id}"),
+            None, now, now))
 
     def _settle(self, worker_id: int, result: AttemptResult) -> None:
         tid = result.task_id
         self.worker_of.pop(tid, None)
+        outcome = result.outcome
         self._record({"type": "attempt_ended", "task": tid, "attempt": result.attempt,
-                      "outcome": result.kind, "message": result.message,
-                      "cost_usd": result.cost_usd, "exit_code": result.exit_code,
+                      "outcome": outcome.kind, "message": outcome.message,
+                      "cost_usd": outcome.cost_usd, "exit_code": result.exit_code,
                       "duration_s": round(result.ended_at - result.started_at, 3),
-                      "session_id": result.session_id})
-        settled = self.sched.settle(tid, result, time.time())
+                      "session_id": outcome.session_id})
+        settled = self.sched.settle(tid, outcome, time.time())
         action = settled.decision.action
         if action == "done":
             completed = self.plan.groups_completed_by(tid, self.sched.done)
@@ -223,7 +225,7 @@ class _Run:
             if self.config.spec.mark_in_progress:
                 self._mark({tid: " "})
             self._record({"type": "task_failed", "task": tid,
-                          "error": settled.decision.reason or result.message})
+                          "error": settled.decision.reason or outcome.message})
         for skipped in settled.skipped:
             self._record({"type": "task_status", "task": skipped, "status": "skipped",
                           "reason": f"needs {tid}, which failed"})

@@ -53,19 +53,21 @@ class RunReporter:
         took = format_duration(max(0.0, result.ended_at - result.started_at))
         action = settled.decision.action
         tid = result.task_id
+        outcome = result.outcome
         if action == "done":
-            cost = f", ${result.cost_usd:.4f}" if result.cost_usd else ""
+            cost = f", ${outcome.cost_usd:.4f}" if outcome.cost_usd else ""
             self._event(f"done  {tid} in {took}{cost}")
         elif action == "retry":
             wait = max(0.0, settled.decision.not_before - time.time())
-            self._event(f"retry {tid} in {format_duration(wait)}: {result.kind}: "
-                        f"{result.message}")
+            self._event(f"retry {tid} in {format_duration(wait)}: {outcome.kind}: "
+                        f"{outcome.message}")
         elif action == "interrupted":
             self._event(f"stopped {tid} after {took}")
         elif action == "pause":
             self._event(f"pause {tid}: {settled.decision.reason}")
         else:
-            self._event(f"FAIL  {tid} after {took}: {settled.decision.reason or result.message}")
+            self._event(f"FAIL  {tid} after {took}: "
+                        f"{settled.decision.reason or outcome.message}")
         for skipped in settled.skipped:
             self._event(f"skip  {skipped}: needs {tid}")
 

@@ -1,7 +1,7 @@
 """`qw init`: a qw.toml from the documented example, and a small example spec to run.
 
 The example spec is deliberately tiny and cheap: four short tasks that write a greeting
-module and its test, two of which can run in parallel.
+package and its test; the middle two write different files, so they run in parallel.
 """
 
 from __future__ import annotations
@@ -45,13 +45,18 @@ EXAMPLE_DESIGN = """\
 
 ## Overview
 
-Two pure functions in `hello/greet.py`, tested with the standard library's unittest.
+Two pure functions, each in its own module of the `hello` package, tested with the
+standard library's unittest.
 
 ## Components
 
 ### hello/greet.py
 
-`greet(name: str) -> str` and `farewell(name: str) -> str`, no imports.
+`greet(name: str) -> str`, no imports.
+
+### hello/farewell.py
+
+`farewell(name: str) -> str`, no imports.
 
 ### hello/test_greet.py
 
@@ -72,9 +77,10 @@ EXAMPLE_TASKS = """\
   - _Leverage: hello/__init__.py_
   - _Requirements: 1.1, 1.2_
 
-- [ ] 3. Add farewell to hello/greet.py
-  - File: hello/greet.py
-  - Write `farewell(name)` next to `greet`
+- [ ] 3. Implement farewell in hello/farewell.py
+  - File: hello/farewell.py
+  - Write `farewell(name)` as the requirements say
+  - _Leverage: hello/__init__.py_
   - _Requirements: 2.1_
 
 - [ ] 4. Test both functions in hello/test_greet.py
@@ -85,6 +91,8 @@ EXAMPLE_TASKS = """\
 """
 
 GITIGNORE_LINE = ".qw/"
+# Lines that already keep .qw/ out of git.
+_IGNORES_QW = frozenset({".qw", ".qw/", "/.qw", "/.qw/", ".qw/*", "/.qw/*"})
 
 
 def example_config_text() -> str:
@@ -135,7 +143,7 @@ def write_scaffold(repo: str, force: bool = False) -> Tuple[List[str], List[str]
     if os.path.exists(gitignore):
         with open(gitignore, "r", encoding="utf-8", errors="replace") as f:
             existing = f.read()
-    if GITIGNORE_LINE not in existing.splitlines():
+    if not _IGNORES_QW.intersection(line.strip() for line in existing.splitlines()):
         sep = "" if not existing or existing.endswith("\n") else "\n"
         atomic_write(gitignore, (existing + sep + GITIGNORE_LINE + "\n").encode("utf-8"))
         written.append(".gitignore")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set
 
 from qw.plan import Plan
+from qw.outcome import INTERRUPTED
 from qw.policy import Decision, decide
 
 # Task states inside a run (the subset of DESIGN §4's statuses the scheduler moves through).
@@ -119,7 +120,7 @@ class Scheduler:
         """Apply one attempt's outcome; returns the decision and any skipped dependents."""
         assert self.state.get(task_id) == RUNNING, (task_id, self.state.get(task_id))
         self.spent_usd += outcome.cost_usd or 0.0
-        if outcome.kind == "interrupted":
+        if outcome.kind == INTERRUPTED:
             # Cancelled by us (Ctrl-C, a stopping run): not the task's fault; it stays
             # pending, and the next run starts it again.
             self.state[task_id] = PENDING

@@ -49,12 +49,15 @@ def _live_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
 def _stored_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
     from qw.journal import StateStore
 
+    from qw.state import recover_interrupted
+
     state = StateStore(qw_dir, spec).load()
     if state is None:
         return None
-    view = state.view()
-    view["live"] = False
-    return view
+    # No live owner: whatever the last run left "running" died with it.
+    for event in recover_interrupted(state, time.time()):
+        state.apply(event)
+    return state.view(live=False)
 
 
 def _unrun_view(spec) -> Dict[str, object]:

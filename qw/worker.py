@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Tuple
 
 # Messages are small frozen dataclasses of built-in types, named by direction.
@@ -54,21 +54,15 @@ class Progress:
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """Worker -> runner: how one attempt ended."""
+    """Worker -> runner: how one attempt ended (`outcome` is a qw.outcome.Outcome)."""
 
     task_id: str
     attempt: int
-    kind: str
-    message: str
+    outcome: object
     exit_code: Optional[int]
     started_at: float
     ended_at: float
-    cost_usd: float
-    num_turns: int
-    session_id: Optional[str]
-    retry_after_s: Optional[float]
-    reset_at: Optional[float]
-    stderr_tail: str
+    stderr_tail: str = ""
     pid: Optional[int] = None   # the supervised process, for status/debugging
 
 
@@ -98,77 +92,77 @@ def worker_main(worker_id: int, conn) -> None:
 def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
     """Start the child, stream its output to the transcript, enforce limits, classify."""
     from qw.claude import StreamState
-    from qw.outcome import classify
+    from qw.outcome import INTERRUPTED, Outcome, classify
     from qw.proctree import start_child
 
     started = time.time()
     state = StreamState()
     os.makedirs(os.path.dirname(req.transcript), exist_ok=True)
-    stopped: Optional[str] = None
-    cancel_reason: Optional[str] = None
-    exit_code: Optional[int] = None
-    with open(req.transcript, "ab") as transcript:
-        try:
-            child = start_child(list(req.argv), env=req.env, cwd=req.cwd,
-                                stdin_data=req.prompt.encode("utf-8"), grace=req.grace_s)
-        except OSError as e:
-            now = time.time()
-            return AttemptResult(req.task_id, req.attempt, "crashed",
-                                 f"could not start {req.argv[0]}: {e.strerror or e}", None,
-                                 started, now, 0.0, 0, None, None, None, "")
-        try:
-            deadline = started + req.timeout_s
-            last_event = started
-            last_progress = 0.0
-            while True:
-                now = time.time()
-                if now >= deadline:
-                    stopped = "timeout"
-                    break
-                if now - last_event >= req.idle_timeout_s:
-                    stopped = "hung"
-                    break
-                cancel_reason = _cancel_requested(conn)
-                if cancel_reason:
-                    break
-                wait = min(POLL_S, deadline - now, last_event + req.idle_timeout_s - now)
-                line = child.read_line(max(wait, 0.01))
-                if line is None:
-                    continue
-                if line == b"":
-                    break   # EOF: the child closed its output (it exited)
-                last_event = time.time()
-                transcript.write(line if line.endswith(b"\n") else line + b"\n")
-                transcript.flush()
-                state.feed(line)
-                if last_event - last_progress >= PROGRESS_EVERY_S:
-                    last_progress = last_event
-                    _send(conn, Progress(req.task_id, req.attempt, state.progress()))
-            if stopped or cancel_reason:
-                exit_code = child.stop(req.grace_s)
-            else:
-                exit_code = child.wait(req.grace_s * 2 + 5)
-                if exit_code is None:   # closed its output but did not exit
-                    exit_code = child.stop(req.grace_s)
-            stderr_tail = child.stderr_tail()
-        finally:
-            child.close()
+    try:
+        child = start_child(list(req.argv), env=req.env, cwd=req.cwd,
+                            stdin_data=req.prompt.encode("utf-8"), grace=req.grace_s)
+    except OSError as e:
+        return AttemptResult(req.task_id, req.attempt, Outcome(
+            "crashed", f"could not start {req.argv[0]}: {e.strerror or e}"),
+            None, started, time.time())
+    try:
+        with open(req.transcript, "ab") as transcript:
+            stopped, cancel_reason = _stream(req, conn, child, state, transcript, started)
+        if stopped or cancel_reason:
+            exit_code = child.stop()
+        else:
+            exit_code = child.wait(req.grace_s * 2 + 5)
+            if exit_code is None:   # closed its output but did not exit
+                exit_code = child.stop()
+        stderr_tail = child.stderr_tail()
+    finally:
+        child.close()
     ended = time.time()
     if cancel_reason:
-        return AttemptResult(req.task_id, req.attempt, "interrupted", cancel_reason, exit_code,
-                             started, ended, state.cost_usd or 0.0, 0, state.session_id,
-                             None, None, stderr_tail)
-    outcome = classify(state, exit_code, stopped=stopped, stderr_tail=stderr_tail, now=ended)
-    if stopped == "timeout":
-        message = f"timed out after {req.timeout_s:.0f}s ([run] timeout)"
-    elif stopped == "hung":
-        message = f"no output for {req.idle_timeout_s:.0f}s ([run] idle_timeout)"
+        outcome = Outcome(INTERRUPTED, cancel_reason, cost_usd=state.cost_usd or 0.0,
+                          session_id=state.session_id)
     else:
-        message = outcome.message
-    return AttemptResult(req.task_id, req.attempt, outcome.kind, message, exit_code,
-                         started, ended, outcome.cost_usd or 0.0, outcome.num_turns or 0,
-                         outcome.session_id, outcome.retry_after_s, outcome.reset_at,
+        outcome = classify(state, exit_code, stopped=stopped, stderr_tail=stderr_tail, now=ended)
+        if outcome.kind == "timeout":
+            outcome = replace(outcome, message=f"timed out after {req.timeout_s:.0f}s "
+                              "([run] timeout)")
+        elif outcome.kind == "hung":
+            outcome = replace(outcome, message=f"no output for {req.idle_timeout_s:.0f}s "
+                              "([run] idle_timeout); stopped it")
+    return AttemptResult(req.task_id, req.attempt, outcome, exit_code, started, ended,
                          stderr_tail, child.pid)
+
+
+def _stream(req: AttemptRequest, conn, child, state, transcript, started: float):
+    """Copy the child's lines to the transcript until EOF, a limit, or a cancel.
+
+    Returns (stopped, cancel_reason): stopped is "timeout" or "hung" when a limit hit.
+    """
+    deadline = started + req.timeout_s
+    last_event = started
+    last_progress = 0.0
+    while True:
+        now = time.time()
+        if now >= deadline:
+            return "timeout", None
+        if now - last_event >= req.idle_timeout_s:
+            return "hung", None
+        cancel_reason = _cancel_requested(conn)
+        if cancel_reason:
+            return None, cancel_reason
+        wait = min(POLL_S, deadline - now, last_event + req.idle_timeout_s - now)
+        line = child.read_line(max(wait, 0.01))
+        if line is None:
+            continue
+        if line == b"":
+            return None, None   # EOF: the child closed its output (it exited)
+        last_event = time.time()
+        transcript.write(line if line.endswith(b"\n") else line + b"\n")
+        transcript.flush()
+        state.feed(line)
+        if last_event - last_progress >= PROGRESS_EVERY_S:
+            last_progress = last_event
+            _send(conn, Progress(req.task_id, req.attempt, state.progress()))
 
 
 def _cancel_requested(conn) -> Optional[str]:
@@ -187,7 +181,3 @@ def _send(conn, msg) -> None:
         conn.send(msg)
     except (OSError, EOFError):
         pass
-
-
-def result_as_dict(result: AttemptResult) -> Dict[str, object]:
-    return asdict(result)

@@ -7,7 +7,7 @@ retries, fails and hangs, offline and in about a second per run.
 The script language
 -------------------
 Lines of the user's prompt (the last text block of the first user message) that start with
-``FAKE:`` say how to answer; the rest of the prompt is ignored. A directive is
+``FAKE:`` (or list items ``- FAKE:``, as in a tasks.md block) say how to answer; the rest of the prompt is ignored. A directive is
 ``FAKE: <verb> <words>``, optionally followed by ``<<body>>``: the body runs to the next
 ``>>`` that ends a line, so it may span lines and hold ">>" elsewhere. Steps, one per model
 turn (the turn is the number of tool_result blocks the CLI has sent back, so the fake keeps
@@ -74,7 +74,8 @@ TOOL_VERBS = ("write", "bash")
 TURN_VERBS = TOOL_VERBS + ("text", "hang", "stall", "usage-limit")
 HEADERS_KEPT = ("anthropic-beta", "anthropic-version", "user-agent", "x-api-key",
                 "authorization", "x-stainless-retry-count", "x-claude-code-session-id")
-_DIRECTIVE = re.compile(r"^FAKE:[ \t]*([a-z-]+)[ \t]*([^\n]*)", re.M)
+# A directive starts a line, or a list item (a task's detail bullet: "  - FAKE: ...").
+_DIRECTIVE = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?FAKE:[ \t]*([a-z-]+)[ \t]*([^\n]*)", re.M)
 _BODY_END = re.compile(r">>[ \t]*(\n|$)")
 _CWD = re.compile(r"Primary working directory: (.+)")
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""A stand-in for `claude -p --output-format stream-json --verbose`, for the pool tests.
+
+It reads the prompt from stdin, as the real CLI does, and behaves as the task block asks
+through lines `FAKE: <directive>` (the prompt carries the task's whole block):
+
+    FAKE: sleep 0.3            work for 0.3 s before answering (default 0)
+    FAKE: write PATH TEXT      create PATH (relative to the cwd) holding TEXT
+    FAKE: error 529            end like an API error (401, 429, 500, 529 ...)
+    FAKE: fail-first 2 529     the first 2 attempts of this task fail with 529, then succeed
+    FAKE: no-result            exit 1 without a result line (a crash)
+    FAKE: hang                 print init, then nothing, forever
+    FAKE: grandchildren        start a setsid'd grandchild and a background job, then succeed
+    FAKE: ignore-signals       ignore SIGINT and SIGTERM, then hang
+    FAKE: edit-tasks ID        tick task ID's box in tasks.md itself (children must not)
+    FAKE: usage-limit          end with a subscription usage-limit result
+    FAKE: max-turns            end with error_max_turns
+
+Every start and end is appended to $FAKE_CLAUDE_LOG as a JSON line (task, attempt, pid, t)
+so tests can check concurrency and order; $FAKE_CLAUDE_STATE holds fail-first counters.
+Grandchildren print their pids to $FAKE_CLAUDE_LOG too, so tests can check they are gone.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def log(event, **fields):
+    path = os.environ.get("FAKE_CLAUDE_LOG")
+    if not path:
+        return
+    record = {"event": event, "task": os.environ.get("QW_TASK_ID"),
+              "attempt": os.environ.get("QW_ATTEMPT"), "pid": os.getpid(), "t": time.time()}
+    record.update(fields)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def directives(prompt):
+    out = []
+    for line in prompt.splitlines():
+        line = line.strip().lstrip("-* ").strip()
+        if line.startswith("FAKE:"):
+            words = line[len("FAKE:"):].split()
+            if words:
+                out.append(words)
+    return out
+
+
+def result(is_error=False, subtype="success", text="Done.", status=None, turns=2, cost=0.01):
+    event = {"type": "result", "subtype": subtype, "is_error": is_error,
+             "api_error_status": status, "duration_ms": 10, "num_turns": turns,
+             "session_id": "fake-session", "total_cost_usd": cost, "usage": {},
+             "permission_denials": [], "terminal_reason": "completed"}
+    if subtype == "success":
+        event["result"] = text
+    else:
+        event["errors"] = [text]
+    return event
+
+
+API_TEXT = {401: "Invalid API key · Please run /login", 429: "API Error: Request rejected (429)",
+            500: "API Error: 500 Internal server error", 529: "API Error: 529 Overloaded"}
+
+
+def api_error(status):
+    emit({"type": "assistant", "message": {"model": "<synthetic>", "content": [
+        {"type": "text", "text": API_TEXT.get(status, f"API Error: {status}")}]},
+        "error": "server_error"})
+    emit(result(True, text=API_TEXT.get(status, f"API Error: {status}"), status=status,
+                turns=1, cost=0))
+    log("end", outcome=f"error {status}")
+    sys.exit(1)
+
+
+def fail_count(n):
+    """True while this task has failed fewer than n times (counted across attempts)."""
+    state = os.environ.get("FAKE_CLAUDE_STATE")
+    key = os.path.join(state, "fail-" + (os.environ.get("QW_TASK_ID") or "x"))
+    done = int(open(key).read()) if os.path.exists(key) else 0
+    if done < n:
+        with open(key, "w") as f:
+            f.write(str(done + 1))
+        return True
+    return False
+
+
+def main():
+    if "--version" in sys.argv:
+        print("2.1.197 (Claude Code)")
+        return 0
+    prompt = sys.stdin.read()
+    log("start", argv=sys.argv[1:], prompt_chars=len(prompt))
+    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": "fake-session",
+          "tools": ["Write", "Bash"], "model": "fake-model", "permissionMode": "acceptEdits",
+          "claude_code_version": "2.1.197"})
+    for words in directives(prompt):
+        verb, args = words[0], words[1:]
+        if verb == "sleep":
+            time.sleep(float(args[0]))
+        elif verb == "write":
+            with open(args[0], "w") as f:
+                f.write(" ".join(args[1:]))
+            emit({"type": "assistant", "message": {"content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "Write",
+                 "input": {"file_path": os.path.abspath(args[0])}}]}})
+        elif verb == "error":
+            api_error(int(args[0]))
+        elif verb == "fail-first":
+            if fail_count(int(args[0])):
+                api_error(int(args[1]))
+        elif verb == "no-result":
+            sys.stderr.write("fake crash: something broke\n")
+            log("end", outcome="no-result")
+            return 1
+        elif verb == "hang":
+            log("hang")
+            while True:
+                time.sleep(3600)
+        elif verb == "grandchildren":
+            # Like Claude's Bash tool: a shell in its own session, and a background job
+            # that outlives the command. Both must be killed by qw.
+            code = "import time; time.sleep(600)"
+            g = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+            b = subprocess.Popen(["sh", "-c", f"'{sys.executable}' -c '{code}' & echo $!"],
+                                 stdout=subprocess.PIPE)
+            bg_pid = int(b.stdout.read().strip())
+            b.wait()
+            log("grandchildren", pids=[g.pid, bg_pid])
+        elif verb == "ignore-signals":
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            log("hang")
+            while True:
+                time.sleep(3600)
+        elif verb == "edit-tasks":
+            path = os.path.join(os.environ["FAKE_TASKS_MD"])
+            text = open(path, encoding="utf-8", newline="").read()
+            text = text.replace(f"- [ ] {args[0]}.", f"- [x] {args[0]}.", 1)
+            with open(path, "w", encoding="utf-8", newline="") as f:
+                f.write(text)
+        elif verb == "usage-limit":
+            emit(result(True, text="You've hit your session limit · resets 12:50am "
+                        "(America/Los_Angeles)", turns=1, cost=0))
+            log("end", outcome="usage-limit")
+            return 1
+        elif verb == "max-turns":
+            emit(result(True, subtype="error_max_turns", text="max turns", turns=5))
+            log("end", outcome="max-turns")
+            return 1
+    emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "Done."}],
+                                           "usage": {"input_tokens": 10, "output_tokens": 5}}})
+    emit(result())
+    log("end", outcome="ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
