@@ -1,11 +1,14 @@
 """Build `qw.pyz`: one file that runs qw on any machine with Python 3.9+ (DESIGN §7).
 
-    python build_zipapp.py [-o qw.pyz] [--wheelhouse DIR]
+    python build_zipapp.py [-o qw.pyz] [--wheelhouse DIR] [--platform KEY ...]
 
-The archive holds a tiny `__main__.py`, every `.py` of the `qw` package, and the contents of
-tomli's pure-Python wheel under `_vendor/` (imported only on 3.9/3.10; 3.11+ has tomllib).
-The wheel comes from pip at build time, or from `--wheelhouse DIR` on an offline builder, and
-must match the sha256 pinned here: no third-party source lives in this repository.
+The archive holds a tiny `__main__.py`, every `.py` of the `qw` package, the contents of
+tomli's pure-Python wheel under `_vendor/` (imported only on 3.9/3.10; 3.11+ has tomllib),
+and psutil's abi3 wheels, whole and uncompressed, under `_vendor/wheels/` with an index that
+qw.vendor reads at run time to extract the one for its platform (one wheel per `--platform`
+key; all of them by default). The wheels come from pip at build time, or from
+`--wheelhouse DIR` on an offline builder, and must match the sha256 pinned here: no
+third-party source lives in this repository.
 
 The same sources and wheel give the same bytes: entries are sorted and carry a fixed
 timestamp (1980-01-01, or SOURCE_DATE_EPOCH), fixed permissions and a fixed deflate level.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +52,10 @@ class PinnedWheel:
     version: str
     filename: str
     sha256: str
+    # What pip is told so that it picks this file whatever machine builds the archive.
+    pip_platform: str = "any"
+    implementation: str = "py"
+    abi: str = "none"
 
 
 # tomli's py3-none-any wheel. Its other wheels are mypyc-compiled for one CPython and one
@@ -58,6 +66,49 @@ TOMLI = PinnedWheel(
     filename="tomli-2.5.0-py3-none-any.whl",
     sha256="32a7b79ac57a2e83670ce329ccf675798bc5a2094783a63676866b70503f2e2b",
 )
+
+# psutil 7.2.2 is the newest release and ships an abi3 wheel (any CPython 3.6/3.7+) for each
+# platform of DESIGN §7; keys are what `--platform` takes and what qw.vendor.platform_key()
+# computes at run time. Linux wheels are manylinux (glibc) or musllinux (Alpine).
+PSUTIL_VERSION = "7.2.2"
+
+
+def _psutil(tags: str, pip_platform: str, sha256: str) -> PinnedWheel:
+    return PinnedWheel("psutil", PSUTIL_VERSION, f"psutil-{PSUTIL_VERSION}-{tags}.whl", sha256,
+                       pip_platform=pip_platform, implementation="cp", abi="abi3")
+
+
+PSUTIL_WHEELS = {
+    "manylinux_x86_64": _psutil(
+        "cp36-abi3-manylinux2010_x86_64.manylinux_2_12_x86_64.manylinux_2_28_x86_64",
+        "manylinux_2_12_x86_64",
+        "076a2d2f923fd4821644f5ba89f059523da90dc9014e85f8e45a5774ca5bc6f9"),
+    "manylinux_aarch64": _psutil(
+        "cp36-abi3-manylinux2014_aarch64.manylinux_2_17_aarch64.manylinux_2_28_aarch64",
+        "manylinux_2_17_aarch64",
+        "b0726cecd84f9474419d67252add4ac0cd9811b04d61123054b9fb6f57df6e9e"),
+    "musllinux_x86_64": _psutil(
+        "cp36-abi3-musllinux_1_2_x86_64", "musllinux_1_2_x86_64",
+        "b58fabe35e80b264a4e3bb23e6b96f9e45a3df7fb7eed419ac0e5947c61e47cc"),
+    "musllinux_aarch64": _psutil(
+        "cp36-abi3-musllinux_1_2_aarch64", "musllinux_1_2_aarch64",
+        "fd04ef36b4a6d599bbdb225dd1d3f51e00105f6d48a28f006da7f9822f2606d8"),
+    "win_amd64": _psutil(
+        "cp37-abi3-win_amd64", "win_amd64",
+        "eb7e81434c8d223ec4a219b5fc1c47d0417b12be7ea866e24fb5ad6e84b3d988"),
+    "win_arm64": _psutil(
+        "cp37-abi3-win_arm64", "win_arm64",
+        "8c233660f575a5a89e6d4cb65d9f938126312bca76d8fe087b947b3a1aaac9ee"),
+    "macosx_arm64": _psutil(
+        "cp36-abi3-macosx_11_0_arm64", "macosx_11_0_arm64",
+        "1a7b04c10f32cc88ab39cbf606e117fd74721c831c98a27dc04578deb0c16979"),
+    "macosx_x86_64": _psutil(
+        "cp36-abi3-macosx_10_9_x86_64", "macosx_10_9_x86_64",
+        "ed0cace939114f62738d808fdcecd4c869222507e266e574799e9c0faa17d486"),
+}
+# Where the wheels and their index live in the archive; qw/vendor.py reads the same names.
+WHEELS_DIR = f"{VENDOR_DIR}/wheels"
+WHEEL_INDEX = f"{WHEELS_DIR}/index.json"
 
 # Kept parseable by every Python, 2.7 included, so that an old interpreter prints one clear
 # line instead of a SyntaxError. It only imports and calls: nothing defined here could be
@@ -109,8 +160,9 @@ def download_wheel(wheel: PinnedWheel, dest: Path) -> Path:
     """Download the pinned wheel into dest with pip; return its path (sha256 not yet checked)."""
     command = [
         sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-        "--only-binary=:all:", "--platform", "any", "--implementation", "py", "--abi", "none",
-        "--python-version", "3.9", "--dest", str(dest), f"{wheel.project}=={wheel.version}",
+        "--only-binary=:all:", "--platform", wheel.pip_platform,
+        "--implementation", wheel.implementation, "--abi", wheel.abi, "--python-version", "3.9",
+        "--dest", str(dest), f"{wheel.project}=={wheel.version}",
     ]
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           universal_newlines=True)
@@ -149,6 +201,25 @@ def wheel_entries(wheel_bytes: bytes, prefix: str = VENDOR_DIR) -> List[Entry]:
     with zipfile.ZipFile(io.BytesIO(wheel_bytes)) as wheel:
         return [(f"{prefix}/{info.filename}", wheel.read(info))
                 for info in wheel.infolist() if not info.is_dir()]
+
+
+def platform_wheel_entries(wheels: Sequence[Tuple[str, PinnedWheel, bytes]]) -> List[Entry]:
+    """Whole wheels under WHEELS_DIR/, plus the index qw.vendor picks one from at run time.
+
+    wheels holds (platform key, pin, the pin's bytes). The index is JSON with sorted keys:
+    {"wheels": [{"platform", "project", "version", "filename", "sha256", "tags"}, ...]},
+    where tags are the wheel's python-abi-platform tags, for people reading it.
+    """
+    index = []
+    entries = []
+    for key, wheel, data in sorted(wheels, key=lambda item: item[0]):
+        python_tag, abi_tag, platform_tags = wheel.filename[:-len(".whl")].split("-")[2:5]
+        tags = [f"{python_tag}-{abi_tag}-{tag}" for tag in platform_tags.split(".")]
+        index.append({"platform": key, "project": wheel.project, "version": wheel.version,
+                      "filename": wheel.filename, "sha256": wheel.sha256, "tags": tags})
+        entries.append((f"{WHEELS_DIR}/{wheel.filename}", data))
+    text = json.dumps({"wheels": index}, indent=1, sort_keys=True) + "\n"
+    return entries + [(WHEEL_INDEX, text.encode("utf-8"))]
 
 
 def entry_timestamp(environ=os.environ) -> Tuple[int, int, int, int, int, int]:
@@ -211,13 +282,24 @@ def write_atomically(target: Path, data: bytes, mode: int = ARCHIVE_MODE) -> Non
         raise
 
 
-def build(output: Path, wheelhouse: Optional[Path] = None, root: Path = REPO_ROOT) -> bytes:
-    """Build the archive from the sources under root, write it to output, return its bytes."""
+def build(output: Path, wheelhouse: Optional[Path] = None, root: Path = REPO_ROOT,
+          platforms: Optional[Sequence[str]] = None) -> bytes:
+    """Build the archive from the sources under root, write it to output, return its bytes.
+
+    platforms names the psutil wheels to carry (keys of PSUTIL_WHEELS); None means all.
+    """
     if wheelhouse is not None and not wheelhouse.is_dir():
         raise BuildError(f"--wheelhouse {wheelhouse} is not a directory")
+    keys = sorted(PSUTIL_WHEELS) if platforms is None else sorted(set(platforms))
+    unknown = [key for key in keys if key not in PSUTIL_WHEELS]
+    if unknown:
+        raise BuildError(f"unknown platform {', '.join(unknown)}; "
+                         f"choose from {', '.join(sorted(PSUTIL_WHEELS))}")
     entries = [("__main__.py", MAIN_PY.encode("utf-8"))]
     entries += package_entries(root)
     entries += wheel_entries(fetch_wheel(TOMLI, wheelhouse))
+    entries += platform_wheel_entries(
+        [(key, PSUTIL_WHEELS[key], fetch_wheel(PSUTIL_WHEELS[key], wheelhouse)) for key in keys])
     data = archive_bytes(entries, entry_timestamp())
     write_atomically(output, data)
     return data
@@ -229,10 +311,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("qw.pyz"),
                         help="where to write the archive (default: ./qw.pyz)")
     parser.add_argument("--wheelhouse", type=Path, metavar="DIR",
-                        help=f"take {TOMLI.filename} from DIR instead of downloading it")
+                        help="take the pinned wheels (tomli, psutil) from DIR when it holds "
+                             "them, instead of downloading them")
+    parser.add_argument("--platform", action="append", choices=sorted(PSUTIL_WHEELS),
+                        metavar="KEY", dest="platforms",
+                        help="carry psutil for this platform (repeatable; default: all of "
+                             f"{', '.join(sorted(PSUTIL_WHEELS))})")
     args = parser.parse_args(argv)
     try:
-        data = build(args.output, args.wheelhouse)
+        data = build(args.output, args.wheelhouse, platforms=args.platforms)
     except BuildError as error:
         print(f"build_zipapp: error: {error}", file=sys.stderr)
         return 2

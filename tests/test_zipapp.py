@@ -104,9 +104,11 @@ def builder(source_tree):
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory, builder) -> Path:
-    """A directory holding the pinned tomli wheel, downloaded once (pip's cache helps)."""
+    """A directory holding every pinned wheel (tomli, psutil for each platform), downloaded
+    once (pip's cache helps)."""
     directory = tmp_path_factory.mktemp("wheelhouse")
-    builder.download_wheel(builder.TOMLI, directory)
+    for wheel in [builder.TOMLI, *builder.PSUTIL_WHEELS.values()]:
+        builder.download_wheel(wheel, directory)
     return directory
 
 
@@ -170,7 +172,11 @@ def test_archive_is_a_runnable_file_with_sorted_fixed_entries(pyz, source_tree, 
     assert "_vendor/tomli/__init__.py" in names
     assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
     assert {info.external_attr >> 16 for info in infos} == {0o100644}
-    assert {info.compress_type for info in infos} == {zipfile.ZIP_DEFLATED}
+    wheels = {"_vendor/wheels/" + w.filename for w in builder.PSUTIL_WHEELS.values()}
+    assert {n for n in names if n.startswith("_vendor/wheels/")} == \
+        wheels | {"_vendor/wheels/index.json"}
+    assert {info.filename for info in infos if info.compress_type == zipfile.ZIP_STORED} == wheels
+    assert {info.compress_type for info in infos} == {zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED}
 
 
 def test_source_date_epoch_sets_every_entry_time(tmp_path, source_tree, wheelhouse, offline_env):
@@ -221,6 +227,33 @@ def test_version_runs_from_another_directory(version, pyz, tmp_path, qw_version)
     done = run([python(version), pyz, "--version"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"qw {qw_version}")
+
+
+PLAN_SPEC = """\
+- [ ] 1. Models in src/models.py
+  - File: src/models.py
+- [ ] 2. API in src/api.py
+  - File: src/api.py
+  - _Leverage: src/models.py_
+- [ ] 3. Docs
+  - File: README.md
+"""
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.13"])
+def test_plan_runs_from_any_directory(version, pyz, tmp_path):
+    repo = tmp_path / "repo"
+    (repo / ".claude" / "specs" / "shop").mkdir(parents=True)
+    (repo / ".claude" / "specs" / "shop" / "tasks.md").write_text(PLAN_SPEC)
+    (repo / "qw.toml").write_text('[plan]\nundeclared = "parallel"\n')
+    (repo / "src" / "deep").mkdir(parents=True)
+    # From a subdirectory the repository is found; from elsewhere --repo names it.
+    for cwd, extra in ((repo / "src" / "deep", []), (tmp_path, ["--repo", str(repo)])):
+        done = run([python(version), pyz, "plan", "shop", "--json", *extra], cwd=cwd)
+        assert done.returncode == 0, done.stderr
+        plan = json.loads(done.stdout)
+        assert plan["batches"] == [["1", "3"], ["2"]]
+        assert plan["critical_path"] == ["1", "2"]
 
 
 @pytest.fixture(scope="session")
@@ -294,3 +327,40 @@ def test_version_imports_nothing_heavy(pyz):
              "tomllib"}
     assert [m for m in added if m.split(".")[0] in heavy] == [], \
         "qw --version imported these; import them lazily, where they are used"
+
+
+# --- psutil's wheels (qw.vendor extracts the one for its platform at run time) ---------
+
+def test_index_lists_each_stored_wheel_with_its_hash_and_platform(pyz, builder):
+    with zipfile.ZipFile(pyz) as archive:
+        index = json.loads(archive.read("_vendor/wheels/index.json"))
+        digests = {name: hashlib.sha256(archive.read(name)).hexdigest()
+                   for name in archive.namelist() if name.endswith(".whl")}
+    assert sorted(w["platform"] for w in index["wheels"]) == sorted(builder.PSUTIL_WHEELS)
+    for entry in index["wheels"]:
+        pinned = builder.PSUTIL_WHEELS[entry["platform"]]
+        assert (entry["project"], entry["version"], entry["filename"], entry["sha256"]) == \
+            ("psutil", pinned.version, pinned.filename, pinned.sha256)
+        assert digests["_vendor/wheels/" + entry["filename"]] == entry["sha256"]
+        assert all(tag.startswith(("cp36-abi3-", "cp37-abi3-")) for tag in entry["tags"])
+
+
+def test_platform_option_picks_the_wheels(tmp_path, source_tree, wheelhouse, offline_env):
+    output = tmp_path / "qw.pyz"
+    done = build(source_tree, output, "--wheelhouse", wheelhouse, "--platform", "win_arm64",
+                 "--platform", "musllinux_aarch64", env=offline_env)
+    assert done.returncode == 0, done.stderr
+    with zipfile.ZipFile(output) as archive:
+        index = json.loads(archive.read("_vendor/wheels/index.json"))
+        wheels = [n for n in archive.namelist() if n.endswith(".whl")]
+    assert [w["platform"] for w in index["wheels"]] == ["musllinux_aarch64", "win_arm64"]
+    assert sorted(wheels) == sorted("_vendor/wheels/" + w["filename"] for w in index["wheels"])
+
+
+def test_unknown_platform_is_refused_with_the_choices(tmp_path, source_tree, offline_env):
+    done = build(source_tree, tmp_path / "qw.pyz", "--platform", "linux_riscv64",
+                 env=offline_env)
+    assert done.returncode == 2
+    assert "invalid choice: 'linux_riscv64'" in done.stderr
+    assert "manylinux_x86_64" in done.stderr
+    assert not (tmp_path / "qw.pyz").exists()
