@@ -33,22 +33,24 @@ class _Parser(argparse.ArgumentParser):
                or UsageError(_reword(message), where=self.prog, fix=f"see `{self.prog} --help`"))
 
 
-# argparse's own messages, reworded to read as qw's: (pattern, replacement).
-_ARGPARSE_MESSAGES = (
-    (re.compile(r"^the following arguments are required: (.*)$"), r"missing \1"),
-    (re.compile(r"^argument (\S+): expected one argument$"), r"\1 needs a value"),
-    (re.compile(r"^argument (\S+): invalid (\w+) value: (.*)$"), r"\1 must be \2, got \3"),
-)
+# argparse's own messages, reworded to read as qw's; any other message is kept as it is.
 _TYPE_WORDS = {"int": "a whole number", "float": "a number"}
+_ARGPARSE_MESSAGES = (
+    (re.compile(r"^the following arguments are required: (.*)$"),
+     lambda m: f"missing {m.group(1)}"),
+    (re.compile(r"^argument (\S+): expected one argument$"),
+     lambda m: f"{m.group(1)} needs a value"),
+    (re.compile(r"^argument (\S+): invalid (\w+) value: (.*)$"),
+     lambda m: f"{m.group(1)} must be {_TYPE_WORDS.get(m.group(2), m.group(2))}, "
+               f"got {m.group(3)}"),
+)
 
 
 def _reword(message: str) -> str:
-    for pattern, replacement in _ARGPARSE_MESSAGES:
-        if pattern.match(message):
-            message = pattern.sub(replacement, message)
-            for word, text in _TYPE_WORDS.items():
-                message = message.replace(f" must be {word}, ", f" must be {text}, ")
-            return message
+    for pattern, reword in _ARGPARSE_MESSAGES:
+        found = pattern.match(message)
+        if found:
+            return reword(found)
     return message
 
 
@@ -244,7 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             import traceback
             traceback.print_exc()
-        where = e.filename if e.filename else "qw"
-        print(f"qw: error: {e.strerror or e}, {short_paths(str(where))}; check that the path "
-              "exists and is writable (QW_DEBUG=1 shows the traceback)", file=sys.stderr)
+        what = e.strerror or str(e)
+        where = short_paths(str(e.filename)) if e.filename else "qw"
+        print(f"qw: error: {what[:1].lower()}{what[1:]}, {where}; check that the path exists "
+              "and is writable (QW_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_USAGE

@@ -37,12 +37,18 @@ def repo_of(args: argparse.Namespace) -> str:
         return repo
     found = find_repo_root(os.getcwd())
     spec = getattr(args, "spec", None)
-    if spec and os.path.exists(spec) and not os.path.isdir(os.path.join(found, SPECS_DIR, spec)):
-        # `qw run ~/other/.claude/specs/x` from elsewhere: its state, config and steering
-        # docs are that repository's, not the working directory's.
-        folder = os.path.abspath(spec if os.path.isdir(spec) else os.path.dirname(spec) or ".")
-        return find_repo_root(folder)
-    return found
+    if not spec or not os.path.exists(spec) or _names_a_spec_of(found, spec):
+        return found
+    # `qw run ~/other/.claude/specs/x` from elsewhere: its config, state and steering docs
+    # are that repository's, not the working directory's.
+    folder = spec if os.path.isdir(spec) else os.path.dirname(os.path.abspath(spec))
+    return find_repo_root(folder)
+
+
+def _names_a_spec_of(repo: str, spec: str) -> bool:
+    """Whether `spec` is a bare name of a spec folder under the repository's .claude/specs/."""
+    bare = os.path.basename(spec) == spec and not spec.startswith(".")
+    return bare and os.path.isdir(os.path.join(repo, SPECS_DIR, spec))
 
 
 def config_of(args: argparse.Namespace, repo: str) -> Config:

@@ -142,6 +142,42 @@ class Requirements:
             return None
         return f"{requirement.heading()}\nAcceptance criterion {number}: {criterion.text}"
 
+    def excerpt(self, refs: Iterable[str]) -> str:
+        """The text that `refs` name, each requirement once: a whole requirement when one
+        ref names it whole, else its heading and user story followed by the criteria named.
+        Unknown refs are left out (validation reports them)."""
+        refs = [r.strip() for r in refs]
+        if any(r.lower() == "all" for r in refs):
+            return self.text.lstrip("\ufeff")
+        whole: List[str] = []
+        criteria: Dict[str, List[str]] = {}
+        for ref in refs:
+            match = _REFERENCE.match(ref)
+            if not match:
+                continue
+            number = match.group("number")
+            head, _, tail = number.rpartition(".")
+            if number in self.by_number or (tail == "0" and head in self.by_number):
+                number = number if number in self.by_number else head
+                if number not in whole:
+                    whole.append(number)
+            elif head in self.by_number and self.by_number[head].criterion(tail) is not None:
+                criteria.setdefault(head, [])
+                if tail not in criteria[head]:
+                    criteria[head].append(tail)
+        parts = []
+        for number in list(dict.fromkeys(whole + list(criteria))):
+            requirement = self.by_number[number]
+            if number in whole:
+                parts.append(requirement.text.strip("\n"))
+                continue
+            lines = [requirement.heading()]
+            for tail in criteria[number]:
+                lines.append(f"Acceptance criterion {number}.{tail}: "
+                             f"{requirement.criterion(tail).text}")
+            parts.append("\n".join(lines))
+        return "\n\n".join(parts)
+
     def unresolved(self, refs: Iterable[str]) -> List[str]:
         """The references among `refs` that name nothing in this document, in order."""
         return [ref for ref in refs if self.resolve(ref) is None]

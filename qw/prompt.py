@@ -48,13 +48,8 @@ def build_prompt(spec, task) -> str:
         parts.append(f"It is part of task {parent.id}: {parent.title}")
 
     if task.requirements and spec.requirements is not None:
-        texts = []
-        for ref in task.requirements:
-            text = spec.requirements.resolve(ref)
-            if text:
-                texts.append(text.strip("\n"))
-        if texts:
-            body = "\n\n".join(dict.fromkeys(texts))
+        body = spec.requirements.excerpt(task.requirements)
+        if body:
             parts.append("## Requirements this task implements\n\n"
                          + _cap(body, REQUIREMENTS_CAP, _rel(spec, spec.paths.requirements)))
 

@@ -119,7 +119,7 @@ def write_scaffold(repo: str, force: bool = False) -> Tuple[List[str], List[str]
     Existing files are kept unless `force`; .gitignore gains `.qw/` if it lacks it.
     """
     if not os.path.isdir(repo):
-        raise UsageError(f"{repo} is not a directory", where="--repo",
+        raise UsageError(f"not a directory: {repo}", where="--repo",
                          fix="create it first or give another folder")
     files = [
         ("qw.toml", example_config_text()),
@@ -127,24 +127,31 @@ def write_scaffold(repo: str, force: bool = False) -> Tuple[List[str], List[str]
         (os.path.join(".claude", "specs", "example", "design.md"), EXAMPLE_DESIGN),
         (os.path.join(".claude", "specs", "example", "tasks.md"), EXAMPLE_TASKS),
     ]
-    written: List[str] = []
-    kept: List[str] = []
-    for rel, text in files:
-        path = os.path.join(repo, rel)
-        if os.path.exists(path) and not force:
-            kept.append(rel)
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, text.encode("utf-8"))
-        written.append(rel)
-
-    gitignore = os.path.join(repo, ".gitignore")
-    existing = ""
-    if os.path.exists(gitignore):
-        with open(gitignore, "r", encoding="utf-8", errors="replace") as f:
-            existing = f.read()
-    if not _IGNORES_QW.intersection(line.strip() for line in existing.splitlines()):
-        sep = "" if not existing or existing.endswith("\n") else "\n"
-        atomic_write(gitignore, (existing + sep + GITIGNORE_LINE + "\n").encode("utf-8"))
+    wanted = [(rel, text) for rel, text in files
+              if force or not os.path.exists(os.path.join(repo, rel))]
+    # Folders first: a `.claude` that is a file fails here, before any file is written.
+    for rel, _ in wanted:
+        os.makedirs(os.path.join(repo, os.path.dirname(rel)), exist_ok=True)
+    for rel, text in wanted:
+        atomic_write(os.path.join(repo, rel), text.encode("utf-8"))
+    written = [rel for rel, _ in wanted]
+    kept = [rel for rel, _ in files if rel not in written]
+    if _add_to_gitignore(os.path.join(repo, ".gitignore")):
         written.append(".gitignore")
     return written, kept
+
+
+def _add_to_gitignore(path: str) -> bool:
+    """Append `.qw/` to the .gitignore at `path` (made if missing) unless it ignores .qw
+    already; every byte already there is kept. True if the file was written."""
+    existing = b""
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            existing = f.read()
+    lines = existing.decode("utf-8", errors="replace").splitlines()
+    if _IGNORES_QW.intersection(line.strip() for line in lines):
+        return False
+    newline = b"\r\n" if b"\r\n" in existing else b"\n"
+    sep = b"" if not existing or existing.endswith(b"\n") else newline
+    atomic_write(path, existing + sep + GITIGNORE_LINE.encode("ascii") + newline)
+    return True

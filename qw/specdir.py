@@ -47,18 +47,25 @@ class Spec:
 def find_repo_root(start: str) -> str:
     """The nearest ancestor of `start` (itself included) holding `.claude/` or `.git`.
 
-    `.git` may be a file (worktrees, submodules). Without either, `start` itself.
+    `.git` may be a file (worktrees, submodules). Without either, `start` itself. The home
+    folder's `.claude/` is Claude Code's own settings folder, not a project's: it does not
+    make home a repository (else qw would write `.qw/` into home from any folder under it).
     """
     start = os.path.abspath(start)
+    home = _realpath(os.path.expanduser("~"))
     here = start
     while True:
-        if (os.path.isdir(os.path.join(here, ".claude"))
-                or os.path.exists(os.path.join(here, ".git"))):
+        has_claude = os.path.isdir(os.path.join(here, ".claude")) and _realpath(here) != home
+        if has_claude or os.path.exists(os.path.join(here, ".git")):
             return here
         parent = os.path.dirname(here)
         if parent == here:
             return start
         here = parent
+
+
+def _realpath(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
 
 
 def list_specs(repo: str) -> List[str]:

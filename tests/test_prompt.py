@@ -108,3 +108,12 @@ def test_dry_run_reports_commands_prompts_and_sizes(tmp_path):
     assert report["tasks"][0]["prompt_chars"] < sizes["all_documents"] / 2
     only = dry_run_report(spec, plan, config, only=["2"])
     assert [t["id"] for t in only["tasks"]] == ["2"]
+
+
+def test_criteria_of_one_requirement_share_one_heading(tmp_path):
+    spec = make_repo(tmp_path, steering=False)
+    text = spec.requirements.excerpt(["1.1", "1.2", "R1.2", "9.9"])
+    assert text.count("As a user, I want to log in") == 1
+    assert "open a session" in text and "say so" in text
+    whole = spec.requirements.excerpt(["1.1", "1"])
+    assert whole.count("As a user, I want to log in") == 1   # the whole one covers 1.1

@@ -201,3 +201,14 @@ def test_read_text_of_a_missing_file(tmp_path):
     with pytest.raises(SpecError) as caught:
         read_text(str(tmp_path / "gone.md"))
     assert str(caught.value).startswith(f"file not found, {tmp_path / 'gone.md'}; ")
+
+
+def test_claude_codes_own_folder_in_home_does_not_make_home_a_repository(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)          # Claude Code's settings folder
+    work = home / "work" / "project"
+    work.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    assert find_repo_root(str(work)) == str(work)
+    (home / "work" / ".git").mkdir()
+    assert find_repo_root(str(work)) == str(home / "work")
