@@ -212,7 +212,7 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 # Flags whose names are not `--<key with dashes>`.
 _FLAG_NAMES = {
-    "run.max_concurrent": "--jobs",
+    "run.max_concurrent": "-j/--jobs",
     "run.timeout": "--timeout",
     "run.idle_timeout": "--idle-timeout",
     "run.max_retries": "--retries",
@@ -290,7 +290,7 @@ def _find_file(repo: str, config_file: Optional[str]) -> Optional[Tuple[str, str
     """(path to open, label for messages) of the config file, or None if there is none."""
     if config_file is not None:
         if not os.path.isfile(config_file):
-            raise ConfigError(f"config file {config_file} not found", f"--config {config_file}",
+            raise ConfigError("config file not found", f"--config {config_file}",
                               "check the path, or leave out --config to use qw.toml")
         return config_file, config_file
     for name in _CONFIG_NAMES:
@@ -437,7 +437,8 @@ def _convert(key: Key, value: object, from_text: bool) -> object:
             return by_lower[value.strip().lower()]
         near = difflib.get_close_matches(str(value).lower(), by_lower, n=1)
         raise _Invalid(f"must be one of {', '.join(key.choices)}, got {_shown(value)}",
-                       f"did you mean {by_lower[near[0]]}?" if near else None)
+                       f"did you mean {by_lower[near[0]]}?" if near
+                       else f"use one of {', '.join(key.choices)}")
     if kind == STR_LIST:
         return _string_list(value, from_text)
     if kind == STR_TABLE:

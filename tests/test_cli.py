@@ -286,7 +286,7 @@ MALFORMED = [
     Case("bad QUANTUMWALA_* value", ["plan", "s"],
          ["max_concurrent", "QUANTUMWALA_MAX_CONCURRENT"], env={"QUANTUMWALA_MAX_CONCURRENT": "0"}),
     Case("missing --config file", ["plan", "s", "--config", "nope.toml"],
-         ["nope.toml not found", "--config"]),
+         ["config file not found", "--config nope.toml"]),
     # --- the command line
     Case("unknown spec", ["plan", "nope"], ["unknown spec 'nope'", "available: other, s"],
          files={".claude/specs/other/tasks.md": GOOD_TASKS}),

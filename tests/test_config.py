@@ -131,7 +131,7 @@ def test_flags_as_typed_or_as_strings(tmp_path):
     config = load_config(str(tmp_path), env={}, flags={
         "run.max_concurrent": "4", "run.timeout": "20m", "run.idle_timeout": 90,
         "claude.allowed_tools": ["Read"], "spec.mark_in_progress": True})
-    assert config.run.max_concurrent == 4 and config.sources["run.max_concurrent"] == "flag --jobs"
+    assert config.run.max_concurrent == 4 and config.sources["run.max_concurrent"] == "flag -j/--jobs"
     assert config.run.timeout == 1200.0 and config.sources["run.timeout"] == "flag --timeout"
     assert config.run.idle_timeout == 90.0
     assert config.sources["run.idle_timeout"] == "flag --idle-timeout"
@@ -379,12 +379,12 @@ def test_unknown_qw_config_variable(tmp_path):
 def test_missing_config_file_is_named(tmp_path):
     missing = str(tmp_path / "nope.toml")
     message = error(tmp_path, config_file=missing)
-    assert message.startswith(f"config file {missing} not found")
+    assert message.startswith(f"config file not found, --config {missing}")
 
 
 def test_bad_flag_value_names_the_flag(tmp_path):
     message = error(tmp_path, flags={"run.max_concurrent": 0})
-    assert message.startswith("[run] max_concurrent must be at least 1, got 0, flag --jobs")
+    assert message.startswith("[run] max_concurrent must be at least 1, got 0, flag -j/--jobs")
     message = error(tmp_path, flags={"run.timeout": "forever"})
     assert 'got "forever", flag --timeout' in message
 
