@@ -16,14 +16,24 @@ already done between runs is tasks.md's business (the runner reports checked tas
          │   └─► done (checked in tasks.md)                          ├─task_failed─► failed
          └───────────── retry_scheduled (next_try_at) ◄──────────────┘ (also from a verdict)
 
+`task_reset` (written by `qw reset`) returns a task whose attempt is not open to pending:
+soft, it clears the attempts and the error (cost and duration stay: that money was spent);
+`hard`, it forgets everything about the task.
+
 `task_progress` is the one event that is never journaled: live progress of a running
 attempt, shown by `qw status` and forgotten when the attempt ends.
+
+On disk a snapshot is `encode_snapshot`'s JSON with a sha256 of its canonical body inside;
+`decode_snapshot` tells a damaged one (Damaged: recoverable) from one written by a
+newer qw (StateError: refused, never overwritten).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from qw.errors import StateError
 
@@ -105,6 +115,21 @@ class RunState:
         handler(self, event, float(t))
         if seq is not None:
             self.seq = seq
+
+    def savepoint(self, event: Dict[str, Any]) -> Tuple[Dict[str, Any], Any, Any]:
+        """What `rollback` needs to undo applying `event` (and only that one event): the
+        run-level fields and the one task record the event can replace. O(1), so it can be
+        taken before every event."""
+        task_id = event.get("task")
+        rec = self.tasks.get(task_id) if isinstance(task_id, str) else None
+        return dict(vars(self)), task_id, rec
+
+    def rollback(self, point: Tuple[Dict[str, Any], Any, Any]) -> None:
+        """Undo the one `apply` made since `savepoint` returned `point`."""
+        attrs, task_id, rec = point
+        vars(self).update(attrs)   # run_started swaps in a new tasks dict: this swaps it back
+        if rec is not None:
+            self.tasks[task_id] = rec
 
     # ----- run-level events
 
@@ -220,6 +245,18 @@ class RunState:
             _illegal(e, rec)
         self.tasks[rec.id] = replace(rec, status=PENDING, next_try_at=_need(e, "not_before"))
 
+    def _task_reset(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if rec.attempt_open:
+            _illegal(e, rec)
+        if e.get("hard"):
+            self.tasks[rec.id] = TaskRecord(rec.id, rec.title)
+            return
+        if rec.status == DONE:
+            _illegal(e, rec)   # only a hard reset forgets that a task was done
+        self.tasks[rec.id] = replace(rec, status=PENDING, attempts=0, attempt=0, error=None,
+                                     outcome=None, next_try_at=None, worker=None)
+
     def _task_progress(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
         # A worker's progress can race its own attempt's end: late news is dropped.
@@ -275,14 +312,10 @@ class RunState:
     @classmethod
     def from_snapshot(cls, data: Any, where: Optional[str] = None) -> "RunState":
         """The state a snapshot holds. StateError for a newer format or a malformed one."""
-        fix = "restore it from .qw/backups, or delete it to forget the last run"
-        if not isinstance(data, dict) or isinstance(data.get("format"), bool) \
-                or not isinstance(data.get("format"), int):
+        fix = "run `qw reset SPEC` to rebuild it, or `qw backup restore NAME`"
+        if _format_of(data) is None:
             raise StateError("the state snapshot has no format number", where, fix)
-        if data["format"] > SNAPSHOT_FORMAT:
-            raise StateError(f"the state snapshot was written by a newer qw (format "
-                             f"{data['format']}; this qw reads format {SNAPSHOT_FORMAT})",
-                             where, "upgrade qw; this qw leaves the file as it is")
+        refuse_newer("the state snapshot", data["format"], SNAPSHOT_FORMAT, where)
         state = cls(data.get("spec"))
         try:
             for name in ("run_id", "pid", "started_at", "ended_at", "run_status", "exit_code",
@@ -299,6 +332,65 @@ class RunState:
         return state
 
 
+class Damaged(Exception):
+    """A snapshot or journal line that cannot be trusted (cut short, garbage, checksum
+    mismatch, malformed); `reason` says which. Recoverable: qw.journal rebuilds."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode_snapshot(state: "RunState") -> bytes:
+    """The snapshot file's bytes: `to_snapshot()` plus a sha256 of its canonical form."""
+    body = state.to_snapshot()
+    return _compact(dict(body, sha256=_digest(body))).encode("utf-8") + b"\n"
+
+
+def decode_snapshot(raw: bytes, where: Optional[str] = None) -> "RunState":
+    """The state in a snapshot file's bytes. Damaged if they cannot be trusted;
+    StateError if a newer qw wrote them (never treat those as damage: they are fine)."""
+    if not raw.strip():
+        raise Damaged("empty file")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise Damaged("not valid JSON: cut short or overwritten") from None
+    if _format_of(data) is None:
+        raise Damaged("no format number")
+    refuse_newer("the state snapshot", data["format"], SNAPSHOT_FORMAT, where)
+    digest = data.pop("sha256", None)   # absent: written before snapshots had one
+    if digest is not None and digest != _digest(data):
+        raise Damaged("checksum mismatch")
+    try:
+        return RunState.from_snapshot(data, where)
+    except StateError as exc:
+        raise Damaged(exc.what) from None
+
+
+def refuse_newer(what: str, found: int, ours: int, where: Optional[str]) -> None:
+    """StateError if `found` is a format newer than `ours`: only a newer qw can read it."""
+    if found > ours:
+        raise StateError(f"{what} was written by a newer qw (format {found}; this qw reads "
+                         f"format {ours})", where, "upgrade qw; this qw leaves the file as it is")
+
+
+def _format_of(data: Any) -> Optional[int]:
+    fmt = data.get("format") if isinstance(data, dict) else None
+    return fmt if isinstance(fmt, int) and not isinstance(fmt, bool) else None
+
+
+def _digest(body: Dict[str, Any]) -> str:
+    # Canonical: sorted keys, so the digest does not depend on the order a writer used.
+    text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _compact(data: Dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 _HANDLERS = {
     "run_started": RunState._run_started,
     "task_status": RunState._task_status,
@@ -309,6 +401,7 @@ _HANDLERS = {
     "retry_scheduled": RunState._retry_scheduled,
     "run_paused": RunState._run_paused,
     "run_ended": RunState._run_ended,
+    "task_reset": RunState._task_reset,
     "task_progress": RunState._task_progress,
 }
 EVENT_TYPES = tuple(_HANDLERS)
@@ -329,6 +422,25 @@ def recover_interrupted(state: RunState, now: float) -> List[Dict[str, Any]]:
     return [{"type": "task_status", "t": now, "task": rec.id, "status": PENDING,
              "reason": INTERRUPTED}
             for rec in state.tasks.values() if rec.status == RUNNING]
+
+
+def mark_checked_done(state: RunState, checked: Iterable[str], now: float) -> List[str]:
+    """Apply what a rebuild knows from tasks.md: every task of `state` in `checked` (ticked
+    there) is done, an open attempt of it ended as interrupted first. Returns the ids it
+    changed. (The runner ticks a task before it records task_done, so a lost task_done
+    is found again here.)"""
+    changed = []
+    for task_id in checked:
+        rec = state.tasks.get(task_id)
+        if rec is None or rec.status == DONE:
+            continue
+        if rec.attempt_open:
+            state.apply({"type": "task_status", "t": now, "task": task_id, "status": PENDING,
+                         "reason": INTERRUPTED})
+        state.apply({"type": "task_status", "t": now, "task": task_id, "status": DONE,
+                     "reason": "checked in tasks.md"})
+        changed.append(task_id)
+    return changed
 
 
 def _interrupted(rec: TaskRecord, t: float) -> TaskRecord:

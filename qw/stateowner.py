@@ -25,8 +25,8 @@ from multiprocessing.connection import Client, wait
 from multiprocessing.managers import BaseManager, BaseProxy, Server, dispatch
 from typing import Any, Dict, Iterable, List, Optional
 
-from qw.errors import StateError
-from qw.journal import StateStore, atomic_write
+from qw.errors import LockHeld, StateError
+from qw.journal import REPAIR, StateStore, atomic_write
 
 
 def owner_path(qw_dir: str, run_id: str) -> str:
@@ -41,11 +41,15 @@ class StateServer:
     """A run's state, served to every process of the run. The manager serves each
     connection in a thread of its own; one lock puts the calls in one order."""
 
-    def __init__(self, qw_dir: str, spec: str, run_id: str, initial_events: Iterable[dict]):
+    def __init__(self, qw_dir: str, spec: str, run_id: str, initial_events: Iterable[dict],
+                 tasks_path: Optional[str] = None):
         self._lock = threading.Lock()
         self._closed = False
-        self._store = StateStore(qw_dir, spec)
+        # REPAIR: the run holds the spec's lock, so damaged state is set aside and rebuilt
+        # here (with one warning line) instead of stopping the run.
+        self._store = StateStore(qw_dir, spec, recover=REPAIR, tasks_path=tasks_path)
         self._store.load()
+        self._warnings = list(self._store.warnings)
         for event in initial_events:
             self._store.record(event)
         started = self._store.state.run_id if self._store.state else None
@@ -69,6 +73,10 @@ class StateServer:
         with self._lock:
             assert self._store.state is not None
             return self._store.state.view(live=True)
+
+    def warnings(self) -> List[str]:
+        """What loading the stored state had to repair: at most one line."""
+        return list(self._warnings)
 
     def close(self, final_event: Optional[Dict[str, Any]] = None) -> None:
         """Record `final_event` if given, then fsync the journal and write the snapshot.
@@ -98,7 +106,7 @@ class _FailedStart:
     def _raise(self, *args: Any) -> None:
         raise self.error
 
-    record = progress = view = close = _raise
+    record = progress = view = warnings = close = _raise
 
 
 class _ReadOnlyView:
@@ -118,7 +126,8 @@ _OWNER: Any = None                  # this process's StateServer (or _FailedStar
 _RUN: Optional[tuple] = None        # (qw_dir, spec, run_id) it serves
 
 
-def _open_owner(qw_dir: str, spec: str, run_id: str, initial_events: List[dict]) -> None:
+def _open_owner(qw_dir: str, spec: str, run_id: str, initial_events: List[dict],
+                tasks_path: Optional[str] = None) -> None:
     """The manager process's initializer: load the store and record the initial events."""
     global _OWNER, _RUN
     # A SIGTERM or SIGHUP sent to the whole process group (a service stopping, a terminal
@@ -129,7 +138,7 @@ def _open_owner(qw_dir: str, spec: str, run_id: str, initial_events: List[dict])
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     _RUN = (qw_dir, spec, run_id)
     try:
-        _OWNER = StateServer(qw_dir, spec, run_id, initial_events)
+        _OWNER = StateServer(qw_dir, spec, run_id, initial_events, tasks_path)
     except OSError as exc:
         _OWNER = _FailedStart(_unwritable(exc, qw_dir))
     except Exception as exc:   # handed to the starter by its first call
@@ -204,6 +213,28 @@ def _withdraw(qw_dir: str, spec: str, run_id: str) -> None:
     _remove(owner_path(qw_dir, run_id))
 
 
+def withdraw_stale(qw_dir: str, spec: str) -> bool:
+    """For a caller holding the spec's lock: remove the live pointer and owner.json left by
+    a run that died (True if there were some). LockHeld if that run's state owner is still
+    alive: it writes the final snapshot as it goes, so wait for it rather than race it."""
+    pointer = live_pointer_path(qw_dir, spec)
+    run_id = (_read_json(pointer) or {}).get("run_id")
+    if not isinstance(run_id, str):
+        existed = os.path.exists(pointer)
+        _remove(pointer)
+        return existed
+    owner = owner_path(qw_dir, run_id)
+    pid = (_read_json(owner) or {}).get("pid")
+    # (Windows cannot probe a pid here; there the owner's last moments go unchecked.)
+    if isinstance(pid, int) and os.name == "posix" and _process_exists(pid):
+        raise LockHeld(f"the state owner (pid {pid}) of spec {spec}'s last run {run_id} is "
+                       "still writing its state", owner,
+                       "wait a moment and try again (remove that file if no qw is running)")
+    _withdraw(qw_dir, spec, run_id)
+    _remove(pointer)
+    return True
+
+
 def _unwritable(exc: OSError, qw_dir: str) -> StateError:
     return StateError(f"cannot write qw's state ({exc.strerror or exc})",
                       exc.filename or qw_dir, "check that .qw/ is writable")
@@ -215,7 +246,7 @@ def _unwritable(exc: OSError, qw_dir: str) -> StateError:
 class StateServerProxy(BaseProxy):
     """The run's state for the runner and its workers (picklable to spawn children)."""
 
-    _exposed_ = ("record", "progress", "view", "close")
+    _exposed_ = ("record", "progress", "view", "warnings", "close")
 
     def record(self, event: Dict[str, Any]) -> None:
         self._callmethod("record", (event,))
@@ -225,6 +256,9 @@ class StateServerProxy(BaseProxy):
 
     def view(self) -> Dict[str, Any]:
         return self._callmethod("view")
+
+    def warnings(self) -> List[str]:
+        return self._callmethod("warnings")
 
     def close(self, final_event: Optional[Dict[str, Any]] = None) -> None:
         self._callmethod("close", (final_event,))
@@ -252,11 +286,13 @@ StateOwnerManager.register("state_view", callable=_state_view, proxytype=StateVi
 
 
 class OwnerHandle:
-    """The runner's hold on its state owner: `.proxy` to use, `.shutdown()` at the end."""
+    """The runner's hold on its state owner: `.proxy` to use, `.shutdown()` at the end;
+    `.warnings`: what loading the stored state repaired (at most one line, to show)."""
 
     def __init__(self, proxy: StateServerProxy, manager: StateOwnerManager, qw_dir: str,
-                 spec: str, run_id: str):
+                 spec: str, run_id: str, warnings: Optional[List[str]] = None):
         self.proxy = proxy
+        self.warnings = list(warnings or [])
         self.address = manager.address
         self.run_id = run_id
         self._manager = manager
@@ -277,23 +313,27 @@ class OwnerHandle:
 
 
 def start_owner(qw_dir: str, spec: str, run_id: str,
-                initial_events: Iterable[Dict[str, Any]]) -> OwnerHandle:
+                initial_events: Iterable[Dict[str, Any]],
+                tasks_path: Optional[str] = None) -> OwnerHandle:
     """Start the state owner of a run (spawn), load the spec's stored state into it and
-    record `initial_events` (which start run `run_id`). Raises StateError if the stored
-    state cannot be used or written; no process is left running then."""
+    record `initial_events` (which start run `run_id`). Damaged state is set aside and
+    rebuilt (with `tasks_path`'s checked tasks), saying so in the handle's `.warnings`.
+    Raises StateError if the stored state cannot be used (a newer qw's) or written; no
+    process is left running then."""
     qw_dir = os.path.abspath(qw_dir)
     manager = StateOwnerManager(address=_listen_address(), authkey=os.urandom(32),
                                 ctx=multiprocessing.get_context("spawn"))
     manager.start(initializer=_open_owner,
-                  initargs=(qw_dir, spec, run_id, [dict(e) for e in initial_events]))
+                  initargs=(qw_dir, spec, run_id, [dict(e) for e in initial_events],
+                            tasks_path))
     try:
         proxy = manager.state_server()
-        proxy.view()   # raises what stopped the owner from starting, if anything did
+        warnings = proxy.warnings()   # raises what stopped the owner from starting, if any
     except BaseException:
         manager.shutdown()
         _withdraw(qw_dir, spec, run_id)
         raise
-    return OwnerHandle(proxy, manager, qw_dir, spec, run_id)
+    return OwnerHandle(proxy, manager, qw_dir, spec, run_id, warnings)
 
 
 def connect_live(qw_dir: str, spec: str, timeout: float = 2.0) -> Optional[StateViewProxy]:
