@@ -143,6 +143,34 @@ def _args_init(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
+def _args_reset(p: argparse.ArgumentParser) -> None:
+    _spec_arg(p)
+    p.add_argument("--hard", action="store_true",
+                   help="forget all of qw's state for the spec (transcripts are kept)")
+    p.add_argument("--uncheck", action="store_true",
+                   help="with --hard: also untick the tasks qw checked in tasks.md")
+    p.add_argument("--task", metavar="ID", help="reset this task only")
+
+
+def _args_backup(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
+    actions.required = True
+    create = actions.add_parser("create", help="back up .qw/ state and tasks.md of every spec")
+    create.add_argument("name", metavar="NAME", nargs="?", help="default: the UTC time")
+    actions.add_parser("list", help="the backups, newest last")
+    restore = actions.add_parser("restore", help="put a backup's state and tasks.md back")
+    restore.add_argument("name", metavar="NAME")
+    clean = actions.add_parser("clean", help="delete backups older than N days")
+    clean.add_argument("--days", metavar="N", type=float, required=True)
+    for sub in (create, restore, clean):
+        _add_common(sub, argparse.SUPPRESS)
+    p.set_defaults(_backup_parsers=True)
+
+
+def _args_json_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 COMMANDS: List[Command] = [
     Command("run", "run a spec's pending tasks in parallel", _args_run, "qw.commands:cmd_run"),
     Command("plan", "show the task graph: batches, edges, critical path", _args_plan,
@@ -157,6 +185,12 @@ COMMANDS: List[Command] = [
             _args_config, "qw.commands:cmd_config"),
     Command("doctor", "check the claude CLI, git, Python, config and .qw/", _args_none,
             "qw.commands:cmd_doctor"),
+    Command("resources", "CPU and memory as admission control sees them, and the backend",
+            _args_json_only, "qw.commands:cmd_resources"),
+    Command("reset", "forget failures (soft) or all state (--hard) of a spec; backs up first",
+            _args_reset, "qw.commands:cmd_reset"),
+    Command("backup", "create, list, restore or clean backups of qw's state", _args_backup,
+            "qw.commands:cmd_backup"),
 ]
 
 

@@ -172,3 +172,43 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     checks = run_checks(repo, config_file=args.config)
     report.print_doctor(checks)
     return 1 if any(c.required and not c.ok for c in checks) else EXIT_OK
+
+
+def cmd_resources(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from qw.probe import get_probe
+
+    snapshot = get_probe().snapshot()
+    if args.json:
+        report.print_json(asdict(snapshot))
+    else:
+        report.print_resources(snapshot)
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from qw.reset import reset
+
+    repo = repo_of(args)
+    result = reset(repo, args.spec, hard=args.hard, uncheck=args.uncheck, task=args.task)
+    report.print_reset(result)
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from qw import backup
+
+    repo = repo_of(args)
+    if args.action == "create":
+        report.print_backups([backup.create(repo, args.name)], created=True)
+    elif args.action == "list":
+        report.print_backups(backup.list_backups(repo))
+    elif args.action == "restore":
+        report.print_restore(backup.restore(repo, args.name))
+    else:
+        if args.days < 0:
+            raise UsageError(f"--days must be 0 or more, got {args.days:g}", "qw backup clean",
+                             "give the age in days past which backups are deleted")
+        report.print_cleaned(backup.clean(repo, args.days), args.days)
+    return EXIT_OK

@@ -185,3 +185,66 @@ def print_doctor(checks) -> None:
         if not c.ok and c.fix:
             line += f" — {c.fix}"
         out.write(line + "\n")
+
+
+def print_resources(snap) -> None:
+    def mb(value):
+        return "unknown" if value is None else f"{value:,.0f} MB"
+
+    def pct(value):
+        return "unknown" if value is None else f"{value:.0f}%"
+
+    out = _out()
+    load = "unknown" if snap.load1 is None else f"{snap.load1:.2f}"
+    out.write(f"cpus:    {snap.cpu_count}\n")
+    out.write(f"load:    {load} (1 min), {pct(snap.load_per_cpu_percent)} per cpu\n")
+    out.write(f"memory:  {mb(snap.memory_available_mb)} available of "
+              f"{mb(snap.memory_total_mb)} ({pct(snap.memory_used_percent)} used)\n")
+    out.write(f"backend: {snap.backend}" + (f" ({snap.note})" if snap.note else "") + "\n")
+
+
+def print_reset(result) -> None:
+    out = _out()
+    for warning in result.warnings:
+        sys.stderr.write(f"qw: warning: {warning}\n")
+    if not result.changed:
+        out.write(f"nothing to reset for {result.spec}\n")
+        return
+    if result.forgot:
+        out.write(f"forgot all of qw's state for {result.spec} (transcripts are kept)\n")
+    if result.reset:
+        out.write(f"back to pending: {', '.join(result.reset)}\n")
+    if result.unchecked:
+        out.write(f"unticked in tasks.md: {', '.join(result.unchecked)}\n")
+    out.write(f"backup taken first: {result.backup} (qw backup restore {result.backup})\n")
+
+
+def print_backups(backups, created: bool = False) -> None:
+    import time as _time
+
+    out = _out()
+    if not backups:
+        out.write("no backups\n")
+        return
+    rows = [[b.name, _time.strftime("%Y-%m-%d %H:%M", _time.localtime(b.created_at)), b.kind,
+             ", ".join(b.specs) or "-", f"{b.size_bytes:,}", b.reason] for b in backups]
+    if created:
+        b = backups[0]
+        out.write(f"created backup {b.name} ({', '.join(b.specs) or 'no specs'}) in {b.path}\n")
+        return
+    out.write(table(rows, ("name", "created", "kind", "specs", "bytes", "why")) + "\n")
+
+
+def print_restore(result) -> None:
+    out = _out()
+    out.write(f"restored {result.backup.name}: {', '.join(result.specs) or 'no specs'}\n")
+    out.write(f"the state it replaced is saved as {result.safety_backup.name} "
+              f"(qw backup restore {result.safety_backup.name} undoes this)\n")
+
+
+def print_cleaned(removed, days: float) -> None:
+    out = _out()
+    if not removed:
+        out.write(f"no backups older than {days:g} days\n")
+    for name in removed:
+        out.write(f"deleted {name}\n")
