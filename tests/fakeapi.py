@@ -7,14 +7,16 @@ retries, fails and hangs, offline and in about a second per run.
 The script language
 -------------------
 Lines of the user's prompt (the last text block of the first user message) that start with
-``FAKE:`` (or list items ``- FAKE:``, as in a tasks.md block) say how to answer; the rest of the prompt is ignored. A directive is
-``FAKE: <verb> <words>``, optionally followed by ``<<body>>``: the body runs to the next
-``>>`` that ends a line, so it may span lines and hold ">>" elsewhere. Steps, one per model
-turn (the turn is the number of tool_result blocks the CLI has sent back, so the fake keeps
-no per-conversation state)::
+``FAKE:``, or are list items ``- FAKE:`` (a detail line of a tasks.md block), say how to
+answer; the rest of the prompt is ignored. A directive is ``FAKE: <verb> <words>``,
+optionally followed by ``<<body>>``: the body runs to the next ``>>`` that ends a line, so
+it may span lines and hold ">>" elsewhere. Steps, one per model turn (the turn is the
+number of tool_result blocks the CLI has sent back, so the fake keeps no per-conversation
+state)::
 
     FAKE: write notes/a.txt <<hello>>   Write tool_use; a relative path is resolved against
-                                         the cwd the CLI reports in its system prompt
+                                         the cwd the CLI reports in its system prompt (an
+                                         --agent's prompt has none: the CLI resolves it)
     FAKE: bash echo hi > out.txt        Bash tool_use (FAKE: bash <<cmd>> when cmd has "<<")
     FAKE: text All done.                final text answer with stop_reason end_turn
     FAKE: hang                          accept the request, never answer
@@ -28,8 +30,11 @@ disconnects, or after HOLD_MAX_S. A prompt may also set::
 
     FAKE: fail 2 529      the first 2 requests carrying this prompt key get HTTP 529 (also
                           400, 401, 403, 429, 500); "fail always 401" never lets one through
-    FAKE: key task-7      the key failures are counted under (default: the whole prompt), so
-                          retries by the CLI and by a supervisor rerunning it share the count
+    FAKE: hang-first 1    the first request carrying this prompt key that the closing step
+                          would answer (the one after the write and bash steps) hangs instead;
+                          later ones get that step: a supervisor's retry then succeeds
+    FAKE: key task-7      the key failures and hangs are counted under (default: the whole
+                          prompt), so retries by the CLI and by a supervisor share the count
     FAKE: usage 1000 50   input/output tokens reported per answer (the defaults)
 
 What the CLI 2.1.197 makes of the answers: errors are retried after 0.5 s * 2^n (+25 %);
@@ -41,6 +46,9 @@ with a subscription token (claude_cli.fake_api_env(subscription=True)) it prints
 "You've hit your session limit · resets 8:25am (UTC)" from the headers (the clock time in
 the CLI's TZ). Cost: the CLI prices the usage the fake reports by the model id it asked for
 (claude-sonnet-4-5: $3/$15 per million tokens in/out; an unknown id costs like Opus).
+
+``FakeAnthropic(api_key="sk-ant-test")`` checks keys as the real API does: a request with
+any other ``x-api-key`` gets 401 authentication_error "invalid x-api-key", whatever it asks.
 
 Concurrency
 -----------
@@ -101,6 +109,7 @@ class Script:
     fail_status: int = 0
     key: str = ""
     usage: Tuple[int, int] = (1000, 50)
+    hang_first: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ class Request:
 
 def parse_script(prompt: str) -> Script:
     """Read the FAKE: directives of a prompt; ValueError names a directive it cannot read."""
-    steps, fail_count, fail_status, key, usage = [], 0.0, 0, prompt, (1000, 50)
+    steps, fail_count, fail_status, key, usage, hang_first = [], 0.0, 0, prompt, (1000, 50), 0
     pos = 0
     while True:
         m = _DIRECTIVE.search(prompt, pos)
@@ -143,6 +152,8 @@ def parse_script(prompt: str) -> Script:
             elif step.verb == "usage":
                 tokens_in, tokens_out = step.words.split()
                 usage = (int(tokens_in), int(tokens_out))
+            elif step.verb == "hang-first":
+                hang_first = int(step.words)
             elif step.verb == "key":
                 key = step.text
             elif step.verb in TURN_VERBS:
@@ -151,7 +162,7 @@ def parse_script(prompt: str) -> Script:
                 raise ValueError("unknown verb")
         except ValueError as e:
             raise ValueError("bad directive %r: %s" % (m.group(0), e)) from None
-    return Script(tuple(steps), fail_count, fail_status, key, usage)
+    return Script(tuple(steps), fail_count, fail_status, key, usage, hang_first)
 
 
 def describe(method: str, path: str, headers, body: dict) -> Request:
@@ -211,11 +222,12 @@ def _alive(pid: int) -> bool:
 class FakeAnthropic:
     """The fake API: serves from construction until close() (or the end of a with-block)."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_key: Optional[str] = None) -> None:
+        self.api_key = api_key  # when set, any other x-api-key gets the API's 401
         self.requests: List[Request] = []
         self.concurrency_max = 0
         self._in_flight: Dict[str, Optional[int]] = {}  # session id -> its CLI's pid
-        self._failures: Dict[str, int] = {}  # prompt key -> failures answered so far
+        self._counts: Dict[Tuple[str, str], int] = {}  # (what, prompt key) -> times so far
         self._released = threading.Event()
         self._changed = threading.Condition()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -270,11 +282,12 @@ class FakeAnthropic:
                 self._in_flight.pop(session, None)
             self._changed.notify_all()
 
-    def _should_fail(self, script: Script) -> bool:
+    def _count_within(self, what: str, key: str, limit: float) -> bool:
+        """Count one more `what` for the prompt key; True while the count is within limit."""
         with self._changed:
-            done = self._failures.get(script.key, 0)
-            self._failures[script.key] = done + 1
-            return done < script.fail_count
+            done = self._counts.get((what, key), 0)
+            self._counts[(what, key)] = done + 1
+            return done < limit
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -325,12 +338,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             except ValueError as e:
                 self.fake._record(dataclasses.replace(request, answer=answer))
                 return self._error(400, str(e))
-            if script.fail_status and self.fake._should_fail(script):
+            if self.fake.api_key and request.headers.get("x-api-key") != self.fake.api_key:
+                answer = "error 401"
+                self.fake._record(dataclasses.replace(request, answer=answer))
+                return self._error(401, "invalid x-api-key")
+            if script.fail_status and self.fake._count_within("fail", script.key,
+                                                               script.fail_count):
                 answer = "error %d" % script.fail_status
                 self.fake._record(dataclasses.replace(request, answer=answer))
                 return self._error(script.fail_status, "fake failure %d" % script.fail_status,
                                    {"retry-after": "0"} if script.fail_status == 429 else {})
             step = next_step(script, request.body)
+            if (script.hang_first and step.verb not in TOOL_VERBS
+                    and self.fake._count_within("hang", script.key, script.hang_first)):
+                step = Step("hang")
             answer = ("tool_use " if step.verb in TOOL_VERBS else "") + step.verb
             if step.verb == "usage-limit":
                 answer = self._usage_limit(step.words or "five_hour", request)
@@ -389,9 +410,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Keep the request open until close(), the client leaving, or HOLD_MAX_S."""
         deadline = time.monotonic() + HOLD_MAX_S
         while not self.fake._released.wait(0.2) and time.monotonic() < deadline:
-            if select.select([self.connection], [], [], 0)[0]:
-                if not self.connection.recv(1, socket.MSG_PEEK):
-                    break  # the CLI closed the connection (it was killed or gave up)
+            try:
+                if (select.select([self.connection], [], [], 0)[0]
+                        and not self.connection.recv(1, socket.MSG_PEEK)):
+                    break  # the CLI closed the connection (it gave up, or was stopped)
+            except OSError:
+                break  # the connection was reset: the CLI was killed
         self.close_connection = True
 
     # -- wire format ----------------------------------------------------------------------
