@@ -9,6 +9,7 @@ it is replaced, and the attempt it was running is reported as a crash.
 from __future__ import annotations
 
 import multiprocessing
+import time
 from multiprocessing.connection import wait as mp_wait
 from typing import Dict, List, Optional, Tuple
 
@@ -55,7 +56,10 @@ class Pool:
         slot = self.slots[worker_id]
         assert slot.request is None, f"worker {worker_id} is busy"
         slot.request = request
-        slot.conn.send(request)
+        try:
+            slot.conn.send(request)
+        except OSError:
+            pass   # it died since wait() last looked: wait() reports it with this request
 
     def cancel(self, worker_id: int, reason: str = "interrupted") -> None:
         slot = self.slots[worker_id]
@@ -102,14 +106,17 @@ class Pool:
         return events
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        """Close every pipe (workers exit on EOF), then make sure each process is gone."""
+        """Close every pipe (workers exit on EOF), give them `timeout` seconds in all to
+        exit, then kill those left (their guards then stop the child trees)."""
         for slot in self.slots.values():
             try:
                 slot.conn.close()
             except OSError:
                 pass
+        deadline = time.monotonic() + timeout
         for slot in self.slots.values():
-            slot.process.join(timeout=timeout)
+            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for slot in self.slots.values():
             if slot.process.is_alive():
                 slot.process.kill()
-                slot.process.join(timeout=timeout)
+                slot.process.join(timeout=5.0)

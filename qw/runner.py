@@ -7,8 +7,14 @@
        └─ RunReporter (terminal) ◄───────────────────────┘
 
 A signal handler only records the signal (and wakes the loop through a socket); the loop
-acts on it: the first Ctrl-C/SIGTERM stops dispatching and cancels running attempts; a
-second one stops waiting for them to wind down gracefully.
+acts on it. The first Ctrl-C/SIGTERM stops dispatching and cancels running attempts (each
+child gets SIGINT, a grace period, SIGTERM, then SIGKILL); a second one kills every process
+of the run at once. Either way the loop waits for the workers to report, so every attempt
+ends in the journal, then tasks.md, the state and the terminal get the final word.
+
+Nothing of a run outlives it: guards stop each child's tree, and as a last resort the
+processes carrying the run's QW_RUN_ID marker are killed when it ends, and those of the
+spec's previous run (killed, say, by SIGKILL) before the next one starts.
 """
 
 from __future__ import annotations
@@ -18,24 +24,34 @@ import signal
 import socket
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 from qw import __version__
 from qw.claude import build_command, build_env
-from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, UsageError)
-from qw.journal import new_run_id
+from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, ConfigError,
+                       LockHeld, SpecError, UsageError)
+from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
-from qw.outcome import Outcome
+from qw.outcome import INTERRUPTED, Outcome
 from qw.pool import Pool
+from qw.proctree import _resolve as resolve_command   # the very lookup start_child does
+from qw.proctree import kill_marked
 from qw.prompt import build_prompt
 from qw.runreport import RunReporter
-from qw.scheduler import Scheduler
-from qw.stateowner import start_owner
-from qw.tasksfile import set_marks
+from qw.scheduler import DONE, PENDING, RUNNING, Scheduler
+from qw.stateowner import start_owner, withdraw_stale
+from qw.tasksfile import OPEN, group_states, sync_marks
+from qw.tasksfile import DONE as MARK_DONE, RUNNING as MARK_RUNNING
 from qw.worker import AttemptRequest, AttemptResult, Progress
 
 LOOP_TICK_S = 0.5        # longest the loop sleeps without looking at the clock
 GRACE_S = 5.0            # SIGINT -> SIGTERM -> SIGKILL spacing for a child tree
+# After a second Ctrl-C every process of the run is killed; the workers report within
+# moments. Past this bound the run ends without them (their pipes close, they exit).
+KILLED_REPORT_S = 10.0
+# A run killed by SIGKILL leaves its state owner writing the last snapshot for a moment;
+# the next run waits this long for it rather than race it.
+STALE_OWNER_WAIT_S = 10.0
 
 
 def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
@@ -54,15 +70,57 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
         reporter.note("nothing to do: every task asked for is already checked in tasks.md")
         return EXIT_OK
 
+    _check_claude_command(repo, config)
     os.makedirs(os.path.join(qw_dir, "locks"), exist_ok=True)
     run_id = new_run_id(time.time())
     lock = SpecLock(os.path.join(qw_dir, "locks", f"{spec.name}.lock"))
     lock.acquire({"pid": os.getpid(), "run_id": run_id, "argv": sys.argv,
                   "spec": spec.name, "qw": __version__})
     try:
+        _wait_for_stale_owner(qw_dir, spec.name)
+        previous = newest_run_of(qw_dir, spec.name)
+        if previous:
+            _sweep_previous_run(previous, reporter)
         return _Run(repo, qw_dir, run_id, spec, plan, config, targets, done, reporter).execute()
     finally:
         lock.release()
+
+
+def _check_claude_command(repo: str, config) -> None:
+    """ConfigError unless the claude executable can be found: otherwise every attempt of
+    every task would fail the same way, each after its retries."""
+    command = build_command(config.claude)[0]
+    env = build_env(os.environ, config.claude, run_id="-", task_id="-", attempt=0)
+    try:
+        resolve_command(command, env, repo)
+    except FileNotFoundError:
+        raise ConfigError(f"the claude command {command!r} was not found",
+                          "[claude] command",
+                          "install Claude Code (`claude` on PATH), or set [claude] command "
+                          "or QW_CLAUDE to its path; `qw doctor` checks it") from None
+
+
+def _sweep_previous_run(run_id: str, reporter: RunReporter) -> None:
+    """Kill what the spec's last run left, if it was killed: its guards may still be
+    stopping a child that ignores SIGINT, and a task must not run twice at once."""
+    killed = kill_marked(run_id)
+    if killed:
+        reporter.note(f"killed {len(killed)} process{'es' if len(killed) > 1 else ''} left "
+                      f"by the previous run {run_id}: {', '.join(map(str, killed))}")
+
+
+def _wait_for_stale_owner(qw_dir: str, spec: str) -> None:
+    """Clear what a killed run left advertised, once its state owner has exited."""
+    deadline = time.monotonic() + STALE_OWNER_WAIT_S
+    while True:
+        try:
+            withdraw_stale(qw_dir, spec)
+            return
+        except LockHeld:
+            if time.monotonic() > deadline:
+                raise
+            # Another process's exit, with no handle to wait on: look again shortly.
+            time.sleep(0.05)
 
 
 class _Run:
@@ -85,9 +143,12 @@ class _Run:
                                  where=f"{spec.paths.tasks}:{self.by_id[t].line}",
                                  fix=f"define .claude/agents/{agent}.md or fix the _Agent: line")
         self.signals: List[int] = []
+        self.interrupts = 0
+        self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
+        self.cancelled: Set[Tuple[str, int]] = set()
+        self.launches: Dict[str, int] = {}         # attempts started per task, this run
         self.owner = None
         self.pool: Optional[Pool] = None
-        self.worker_of: Dict[str, int] = {}
 
     # ----- the run
 
@@ -99,43 +160,37 @@ class _Run:
         old_handlers = self._install_signals(wake_w)
         try:
             self.owner = start_owner(self.qw_dir, self.spec.name, self.run_id,
-                                     [self._run_started_event()])
+                                     [self._run_started_event()],
+                                     tasks_path=self.spec.paths.tasks)
+            for warning in self.owner.warnings:
+                self.reporter.note(warning)
             self._record_initial()
             self.pool = Pool(self.config.run.max_concurrent, extra_fds=(wake_r,))
             self.pool.start()
             self.reporter.started(self.run_id, len(self.sched.targets),
                                   self.config.run.max_concurrent)
             self._loop(wake_r)
+            self._abandon_unreported()
+            self._stop_pool()
             return self._finish()
         finally:
-            self._restore_signals(old_handlers)
-            if self.pool is not None:
-                self.pool.shutdown(timeout=GRACE_S * 2 + 5)
+            self._stop_pool()
             if self.owner is not None:
                 self.owner.shutdown()
+            self._restore_signals(old_handlers)
             wake_r.close()
             wake_w.close()
 
     def _loop(self, wake_r) -> None:
-        escalated = False
         while True:
-            if self.signals:
-                count = len(self.signals)
-                self.signals.clear()
-                if not self.sched.interrupted:
-                    self.sched.interrupt()
-                    self.reporter.note("stopping: cancelling running tasks "
-                                       "(press Ctrl-C again to stop at once)")
-                    for worker_id in self.pool.busy():
-                        self.pool.cancel(worker_id)
-                    count -= 1
-                if count > 0 and not escalated:
-                    escalated = True
-                    self.reporter.note("stopping at once")
-                    return
+            self._take_signals()
+            self._cancel_if_asked()
             now = time.time()
             self._dispatch(now)
             if self.sched.finished():
+                return
+            if self.killed_at is not None and \
+                    time.monotonic() - self.killed_at > KILLED_REPORT_S:
                 return
             wakeup = self.sched.next_wakeup(now)
             timeout = LOOP_TICK_S if wakeup is None else max(0.0, min(LOOP_TICK_S, wakeup - now))
@@ -151,34 +206,66 @@ class _Run:
                     self.owner.proxy.progress(payload.task_id, payload.info)
                     self.reporter.progress(payload.task_id, payload.info)
                 elif isinstance(payload, AttemptResult):
-                    self._settle(worker_id, payload)
+                    self._settle(payload)
             self.reporter.tick(self.sched)
 
+    def _take_signals(self) -> None:
+        """Act on Ctrl-C/SIGTERM: the first stops the run, the second kills its processes."""
+        count = len(self.signals)
+        del self.signals[:count]
+        for _ in range(count):
+            self.interrupts += 1
+            if self.interrupts == 1:
+                self.sched.interrupt()
+                self.reporter.note("stopping: cancelling running tasks "
+                                   "(press Ctrl-C again to stop at once)")
+            elif self.interrupts == 2:
+                self.reporter.note("stopping at once: killing every process of the run")
+                self.killed_at = time.monotonic()
+                kill_marked(self.run_id)
+
+    def _cancel_if_asked(self) -> None:
+        """Cancel each running attempt once when the scheduler says running work must stop."""
+        if not self.sched.cancel_running:
+            return
+        for worker_id, request in self.pool.busy().items():
+            key = (request.task_id, request.attempt)
+            if key not in self.cancelled:
+                self.cancelled.add(key)
+                self.pool.cancel(worker_id, self.sched.stop_reason or INTERRUPTED)
+
     def _dispatch(self, now: float) -> None:
+        was_paused = self.sched.paused_until is not None
         idle = self.pool.idle()
-        for d in self.sched.dispatch(now, len(idle)):
+        dispatches = self.sched.dispatch(now, len(idle))
+        if was_paused and self.sched.paused_until is None:
+            self._record({"type": "run_paused", "until": None})
+            self.reporter.note("pause over: starting tasks again")
+        if dispatches and self.config.spec.mark_in_progress:
+            self._sync_marks()   # `[-]` before the children start
+        for d in dispatches:
             worker_id = idle.pop(0)
             task = self.by_id[d.task_id]
-            req = self._request(task, d.attempt, d.timeout_s)
+            self.launches[d.task_id] = self.launches.get(d.task_id, 0) + 1
+            req = self._request(task, d.attempt, d.timeout_s, self.launches[d.task_id])
             self._record({"type": "attempt_started", "task": d.task_id, "attempt": d.attempt,
                           "worker": worker_id, "timeout_s": d.timeout_s})
-            if self.config.spec.mark_in_progress:
-                self._mark({d.task_id: "-"})
             self.pool.submit(worker_id, req)
-            self.worker_of[d.task_id] = worker_id
             self.reporter.attempt_started(d.task_id, d.attempt, worker_id, task.title)
 
-    def _request(self, task, attempt: int, timeout_s: float) -> AttemptRequest:
+    def _request(self, task, attempt: int, timeout_s: float, launch: int) -> AttemptRequest:
         agent = self.agents.get(task.agent) if task.agent else None
         argv = build_command(self.config.claude, agent=agent,
                              agents=[agent] if agent else ())
         env = build_env(os.environ, self.config.claude, run_id=self.run_id, task_id=task.id,
                         attempt=attempt)
+        # Transcripts are numbered by start, which a usage-limited attempt (not counted
+        # against the task) also is: `qw status` attempts and `qw logs --attempt` agree.
         return AttemptRequest(
             task_id=task.id, attempt=attempt, argv=tuple(argv), env=env, cwd=self.repo,
             prompt=build_prompt(self.spec, task),
             timeout_s=timeout_s, idle_timeout_s=self.config.run.idle_timeout,
-            transcript=os.path.join(self.run_dir, f"{task.id}.{attempt}.jsonl"),
+            transcript=os.path.join(self.run_dir, f"{task.id}.{launch}.jsonl"),
             grace_s=GRACE_S)
 
     def _worker_died(self, worker_id: int, request: Optional[AttemptRequest]) -> None:
@@ -188,14 +275,15 @@ class _Run:
         if request is None:
             return
         now = time.time()
-        self._settle(worker_id, AttemptResult(
+        kind = INTERRUPTED if self.sched.interrupted else "crashed"
+        self._settle(AttemptResult(
             request.task_id, request.attempt,
-            Outcome("crashed", f"worker {worker_id} died while running {request.task_id}"),
+            Outcome(kind, f"worker {worker_id} died while running {request.task_id}"),
             None, now, now))
 
-    def _settle(self, worker_id: int, result: AttemptResult) -> None:
+    def _settle(self, result: AttemptResult) -> None:
+        """Apply one finished attempt: scheduler decision, tasks.md, journal, terminal."""
         tid = result.task_id
-        self.worker_of.pop(tid, None)
         outcome = result.outcome
         self._record({"type": "attempt_ended", "task": tid, "attempt": result.attempt,
                       "outcome": outcome.kind, "message": outcome.message,
@@ -203,33 +291,50 @@ class _Run:
                       "duration_s": round(result.ended_at - result.started_at, 3),
                       "session_id": outcome.session_id})
         settled = self.sched.settle(tid, outcome, time.time())
-        action = settled.decision.action
-        if action == "done":
-            completed = self.plan.groups_completed_by(tid, self.sched.done)
-            self._mark({tid: "x", **{g: "x" for g in completed}})
+        decision = settled.decision
+        state = self.sched.state[tid]
+        # tasks.md first: a crash between the two leaves tasks.md ahead of the journal (the
+        # next run skips a checked task), never behind it (it would run a done task again).
+        self._sync_marks()
+        if state == DONE:
             self._record({"type": "task_done", "task": tid})
-        elif self.sched.state[tid] == "pending":
-            if self.config.spec.mark_in_progress:
-                self._mark({tid: " "})
-            if action == "retry":
+        elif state == PENDING:
+            if decision.action == "retry" and self.sched.stop_reason is None:
                 self._record({"type": "retry_scheduled", "task": tid,
-                              "not_before": settled.decision.not_before,
-                              "reason": settled.decision.reason})
+                              "not_before": decision.not_before, "reason": decision.reason})
             else:
                 self._record({"type": "task_status", "task": tid, "status": "pending",
-                              "reason": settled.decision.reason})
-            if action == "pause":
+                              "reason": decision.reason})
+            if decision.action == "pause":
                 self._record({"type": "run_paused", "until": self.sched.paused_until,
-                              "reason": settled.decision.reason})
+                              "reason": decision.reason})
         else:
-            if self.config.spec.mark_in_progress:
-                self._mark({tid: " "})
             self._record({"type": "task_failed", "task": tid,
-                          "error": settled.decision.reason or outcome.message})
+                          "error": decision.reason or outcome.message})
         for skipped in settled.skipped:
             self._record({"type": "task_status", "task": skipped, "status": "skipped",
                           "reason": f"needs {tid}, which failed"})
         self.reporter.attempt_ended(result, settled, self.sched)
+
+    def _abandon_unreported(self) -> None:
+        """Attempts whose workers never reported after the run's processes were killed:
+        they end as interrupted, so the next run starts them again."""
+        now = time.time()
+        for worker_id, request in self.pool.busy().items():
+            self._settle(AttemptResult(request.task_id, request.attempt, Outcome(
+                INTERRUPTED, f"worker {worker_id} did not report after the run was stopped"),
+                None, now, now))
+
+    def _stop_pool(self) -> None:
+        """Stop the workers, then sweep for anything of this run that escaped its guard."""
+        if self.pool is None:
+            return
+        pool, self.pool = self.pool, None
+        pool.shutdown(timeout=GRACE_S * 2 + 5)
+        strays = kill_marked(self.run_id)
+        if strays:
+            self.reporter.note(f"killed {len(strays)} process{'es' if len(strays) > 1 else ''}"
+                               f" of this run left behind: {', '.join(map(str, strays))}")
 
     def _finish(self) -> int:
         sched = self.sched
@@ -241,6 +346,7 @@ class _Run:
             code = EXIT_FAILED
         else:
             code = EXIT_OK
+        self._sync_marks(final=True)
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
                       "reason": sched.stop_reason})
         view = self.owner.proxy.view()
@@ -264,10 +370,23 @@ class _Run:
         event.setdefault("t", time.time())
         self.owner.proxy.record(event)
 
-    def _mark(self, marks: Dict[str, str]) -> None:
-        missing = set_marks(self.spec.paths.tasks, marks)
-        if missing:
-            self.reporter.note(f"tasks.md no longer has task {', '.join(missing)}; "
+    def _sync_marks(self, final: bool = False) -> None:
+        """Make tasks.md's boxes of this run's tasks (and their groups) say what the
+        scheduler knows; the final call also reports what it could not write."""
+        kinds = {DONE: MARK_DONE, RUNNING: MARK_RUNNING}
+        states = {tid: kinds.get(s, OPEN) for tid, s in self.sched.state.items()}
+        states.update(group_states(self.plan.groups, states, self.sched.done))
+        path = self.spec.paths.tasks
+        try:
+            result = sync_marks(path, states, in_progress=self.config.spec.mark_in_progress,
+                                final=final)
+        except (SpecError, OSError) as error:
+            if final:
+                self.reporter.note(f"could not update tasks.md ({error}); done in this run: "
+                                   f"{', '.join(sorted(self.sched.done)) or 'nothing'}")
+            return
+        if result.missing:
+            self.reporter.note(f"tasks.md no longer has task {', '.join(result.missing)}; "
                                "its checkbox was not written")
 
     # ----- signals

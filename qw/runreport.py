@@ -57,6 +57,9 @@ class RunReporter:
         if action == "done":
             cost = f", ${outcome.cost_usd:.4f}" if outcome.cost_usd else ""
             self._event(f"done  {tid} in {took}{cost}")
+        elif action == "retry" and sched.stop_reason is not None:
+            self._event(f"stop  {tid} after {took}: {outcome.kind}: {outcome.message} "
+                        "(not retried: the run is stopping)")
         elif action == "retry":
             wait = max(0.0, settled.decision.not_before - time.time())
             self._event(f"retry {tid} in {format_duration(wait)}: {outcome.kind}: "

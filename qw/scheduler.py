@@ -59,6 +59,9 @@ class Scheduler:
         self.stop_reason: Optional[str] = None   # set: no new dispatches
         self.exit_paused = False                 # usage limit or budget: exit 75
         self.interrupted = False
+        # Running attempts are to be cancelled, not awaited: Ctrl-C, or an auth error that
+        # every running task would hit too.
+        self.cancel_running = False
         self.spent_usd = 0.0
 
     # ----- queries
@@ -133,7 +136,8 @@ class Scheduler:
         if action == "done":
             self.state[task_id] = DONE
             self.done.add(task_id)
-        elif action == "retry" and self.stop_reason is None:
+        elif action == "retry":
+            # While the run stops, a retry waits for the next run: pending, not failed.
             self.state[task_id] = PENDING
             self.not_before[task_id] = decision.not_before
             self.timeout_s[task_id] = decision.timeout_s
@@ -146,11 +150,12 @@ class Scheduler:
             else:
                 self.exit_paused = True
                 self.stop(decision.reason)
-        else:  # fail, stop_run, or a retry that a stop overrides
+        else:  # fail, stop_run
             self.state[task_id] = FAILED
             skipped = self._skip_dependents(task_id)
             if action == "stop_run":
                 self.stop(decision.reason)
+                self.cancel_running = True
         if self.run.budget_usd and self.spent_usd >= self.run.budget_usd \
                 and self.stop_reason is None:
             self.exit_paused = True
@@ -161,6 +166,7 @@ class Scheduler:
     def interrupt(self) -> None:
         """Ctrl-C / SIGTERM: start nothing more; the runner stops what is running."""
         self.interrupted = True
+        self.cancel_running = True
         self.stop("interrupted")
 
     def stop(self, reason: str) -> None:

@@ -25,7 +25,7 @@ def gather_status(repo: str, spec_arg: Optional[str]) -> List[Dict[str, object]]
         [resolve_spec(repo, n) for n in list_specs(repo)]
     views = []
     for paths in names:
-        view = _live_view(qw_dir, paths.name) or _stored_view(qw_dir, paths.name)
+        view = _live_view(qw_dir, paths.name) or _stored_view(qw_dir, paths.name, paths.tasks)
         if view is None:
             view = _unrun_view(load_spec(paths))
         views.append(view)
@@ -46,18 +46,22 @@ def _live_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
     return view
 
 
-def _stored_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
-    from qw.journal import StateStore
-
+def _stored_view(qw_dir: str, spec: str, tasks_path: str) -> Optional[Dict[str, object]]:
+    from qw.journal import IN_MEMORY, StateStore
     from qw.state import recover_interrupted
 
-    state = StateStore(qw_dir, spec).load()
+    # Without the spec's lock: damaged state is rebuilt in memory only, never rewritten.
+    store = StateStore(qw_dir, spec, recover=IN_MEMORY, tasks_path=tasks_path)
+    state = store.load()
     if state is None:
         return None
     # No live owner: whatever the last run left "running" died with it.
     for event in recover_interrupted(state, time.time()):
         state.apply(event)
-    return state.view(live=False)
+    view = state.view(live=False)
+    if store.warnings:
+        view["warnings"] = list(store.warnings)
+    return view
 
 
 def _unrun_view(spec) -> Dict[str, object]:
@@ -107,16 +111,27 @@ def show_logs(repo: str, spec: str, task_id: str, attempt: Optional[int] = None,
                              f"`qw status {spec}`")
     path = found[-1]
     out.write(f"# {os.path.relpath(path, repo)}\n")
+
+    def show(line: bytes) -> None:
+        out.write(line.decode("utf-8", "replace") if raw else render_event(line))
+        out.flush()
+
     with open(path, "rb") as f:
         while True:
+            at = f.tell()
             line = f.readline()
-            if line:
-                out.write(line.decode("utf-8", "replace") if raw else render_event(line))
-                out.flush()
+            if line.endswith(b"\n") or (line and not follow):
+                show(line)
                 if follow and b'"type":"result"' in line.replace(b" ", b""):
                     return EXIT_OK
                 continue
-            if not follow or not _still_running(qw_dir, spec, task_id):
+            f.seek(at)   # nothing new, or a line still being written: read it again whole
+            if not follow:
+                return EXIT_OK
+            if not _still_running(qw_dir, spec, task_id):
+                # It ended after the last read: what it wrote until then is still to show.
+                for line in f:
+                    show(line)
                 return EXIT_OK
             time.sleep(0.2)   # tailing a file: polling is the portable way to follow it
 

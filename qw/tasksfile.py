@@ -1,33 +1,92 @@
-"""Writing tasks.md during a run: flip checkboxes, keep every other byte.
+"""Writing tasks.md during a run: make the checkboxes say what the run knows, keep every
+other byte.
 
 Only the runner writes tasks.md, while it holds the spec's lock (DESIGN §3). Each write
-re-reads the file first — a child may have edited it despite being told not to — flips
-the marks with the pure `set_checkbox`, and replaces the file atomically.
+re-reads the file first (a child may have edited it despite being told not to), flips only
+the boxes that disagree with the run, and replaces the file atomically. A child that ticks a
+box itself is overruled: a box is `[x]` exactly when qw saw the task succeed.
+
+A child may also be half-way through rewriting the file when qw reads it. Mid-run, a file
+that does not parse or lacks tasks the run knows is left alone (the next write or the final
+one puts the marks right); only the final write, when no child is left, goes ahead anyway.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional, Tuple
 
+from qw.errors import SpecError
 from qw.journal import atomic_write
 from qw.specdir import read_text
 from qw.tasks import parse_tasks, set_checkbox
 
+# What the run knows of a task (or group), as sync_marks takes it.
+DONE, RUNNING, OPEN = "done", "running", "open"
 
-def set_marks(path: str, marks: Dict[str, str]) -> List[str]:
-    """Set each task's mark; returns the ids that are no longer in the file.
 
-    A task someone deleted from tasks.md mid-run is reported, not fatal: the rest of the
-    marks are still written.
+def wanted_mark(current: str, state: str, in_progress: bool) -> str:
+    """The checkbox a task in `state` should show, given the one it shows now.
+
+    done: `x`. running: `-` with `[spec] mark_in_progress`, else as it is unless it says
+    done. open (pending, failed, skipped): `x` and our own `-` are cleared; a user's `~`
+    (blocked) or `-` stays.
+    """
+    if state == DONE:
+        return "x"
+    if state == RUNNING and in_progress:
+        return "-"
+    if current == "x" or (in_progress and current == "-"):
+        return " "
+    return current
+
+
+@dataclass(frozen=True)
+class MarkResult:
+    written: bool                    # the file was rewritten
+    postponed: Optional[str] = None  # why nothing was written now (a mid-run write only)
+    missing: Tuple[str, ...] = ()    # tasks no longer in the file (a final write only)
+
+
+def sync_marks(path: str, states: Dict[str, str], *, in_progress: bool,
+               final: bool) -> MarkResult:
+    """Make tasks.md's boxes agree with `states` ({task or group id: DONE|RUNNING|OPEN}).
+
+    Mid-run (`final` False) a file that does not parse, or lacks one of the tasks, is not
+    touched: `postponed` says why. The final write goes ahead with what is there and
+    reports the tasks it could not find; a file that does not parse then raises SpecError.
     """
     text = read_text(path)
-    present = parse_tasks(text, path).by_id   # a file broken mid-run raises SpecError here
-    new, missing = text, []
-    for task_id, mark in marks.items():
-        if task_id in present:
+    try:
+        present = parse_tasks(text, path).by_id
+    except SpecError as error:
+        if final:
+            raise
+        return MarkResult(False, postponed=str(error))
+    missing = tuple(t for t in states if t not in present)
+    if missing and not final:
+        return MarkResult(False, postponed=f"tasks {', '.join(missing)} are not in it")
+    new = text
+    for task_id, state in states.items():
+        task = present.get(task_id)
+        if task is None:
+            continue
+        mark = wanted_mark(task.mark, state, in_progress)
+        if mark != task.mark:
             new = set_checkbox(new, task_id, mark, path)
-        else:
-            missing.append(task_id)
     if new != text:
         atomic_write(path, new.encode("utf-8"))
-    return missing
+    return MarkResult(new != text, missing=missing)
+
+
+def group_states(groups: Dict[str, Iterable[str]], states: Dict[str, str],
+                 done: Iterable[str]) -> Dict[str, str]:
+    """The state of each group holding a task of `states`: DONE when every one of its
+    tasks is done (`done` holds those finished before the run), else OPEN."""
+    finished = set(done) | {t for t, s in states.items() if s == DONE}
+    out = {}
+    for group_id, leaves in groups.items():
+        leaves = tuple(leaves)
+        if any(leaf in states for leaf in leaves):
+            out[group_id] = DONE if all(leaf in finished for leaf in leaves) else OPEN
+    return out

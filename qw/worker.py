@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 # Messages are small frozen dataclasses of built-in types, named by direction.
 
@@ -72,16 +72,24 @@ POLL_S = 0.5   # longest a worker goes without checking for Cancel and deadlines
 
 def worker_main(worker_id: int, conn) -> None:
     """Entry point of a worker process: serve attempt requests until the pipe closes."""
-    # A terminal's Ctrl-C reaches the whole foreground process group; the runner alone
-    # decides what it means and cancels attempts through the pipe.
+    # A terminal's Ctrl-C (or a SIGTERM to the process group, as service managers send)
+    # reaches every worker too; the runner alone decides what it means and cancels
+    # attempts through the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
             return
         if isinstance(msg, AttemptRequest):
-            result = run_attempt(msg, conn)
+            try:
+                result = run_attempt(msg, conn)
+            except Exception as error:   # e.g. the transcript cannot be written
+                from qw.outcome import Outcome
+                now = time.time()
+                result = AttemptResult(msg.task_id, msg.attempt, Outcome(
+                    "crashed", f"qw's worker failed to run it: {error}"), None, now, now)
             try:
                 conn.send(result)
             except (OSError, EOFError):

@@ -5,24 +5,34 @@ It reads the prompt from stdin, as the real CLI does, and behaves as the task bl
 through lines `FAKE: <directive>` (the prompt carries the task's whole block):
 
     FAKE: sleep 0.3            work for 0.3 s before answering (default 0)
+    FAKE: wait-file NAME       emit nothing until $FAKE_CLAUDE_STATE/NAME exists (at most
+                               120 s, then crash): lets a test hold a task mid-flight
     FAKE: write PATH TEXT      create PATH (relative to the cwd) holding TEXT
     FAKE: error 529            end like an API error (401, 429, 500, 529 ...)
     FAKE: fail-first 2 529     the first 2 attempts of this task fail with 529, then succeed
+    FAKE: first 1 hang         the directive after `first N` only in the task's first N starts
+                               (counted across runs, like fail-first)
     FAKE: no-result            exit 1 without a result line (a crash)
     FAKE: hang                 print init, then nothing, forever
     FAKE: grandchildren        start a setsid'd grandchild and a background job, then succeed
     FAKE: ignore-signals       ignore SIGINT and SIGTERM, then hang
     FAKE: edit-tasks ID        tick task ID's box in tasks.md itself (children must not)
     FAKE: usage-limit          end with a subscription usage-limit result
+    FAKE: usage-limit-epoch S  end with `Claude AI usage limit reached|<now + S>`
+    FAKE: show-tasks           copy $FAKE_TASKS_MD's current text into the log
     FAKE: max-turns            end with error_max_turns
 
-Every start and end is appended to $FAKE_CLAUDE_LOG as a JSON line (task, attempt, pid, t)
-so tests can check concurrency and order; $FAKE_CLAUDE_STATE holds fail-first counters.
+`FAKE@N: <directive>` applies only to attempt N (QW_ATTEMPT) of the task.
+
+Every start and end is appended to $FAKE_CLAUDE_LOG as a JSON line (task, attempt, pid, t;
+a start also has `ppids`, the parent chain: guard, then worker) so tests can check
+concurrency and order; $FAKE_CLAUDE_STATE holds fail-first counters and wait-file files.
 Grandchildren print their pids to $FAKE_CLAUDE_LOG too, so tests can check they are gone.
 """
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,13 +57,29 @@ def log(event, **fields):
 
 def directives(prompt):
     out = []
+    attempt = os.environ.get("QW_ATTEMPT")
     for line in prompt.splitlines():
         line = line.strip().lstrip("-* ").strip()
-        if line.startswith("FAKE:"):
-            words = line[len("FAKE:"):].split()
+        found = re.match(r"FAKE(?:@(\d+))?:(.*)", line)
+        if found and (found.group(1) is None or found.group(1) == attempt):
+            words = found.group(2).split()
             if words:
                 out.append(words)
     return out
+
+
+def parent_chain(pid, depth=2):
+    """The pids of `pid`'s parent, grandparent... (Linux /proc; [] elsewhere)."""
+    chain = []
+    for _ in range(depth):
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                stat = f.read()
+        except OSError:
+            break
+        pid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        chain.append(pid)
+    return chain
 
 
 def result(is_error=False, subtype="success", text="Done.", status=None, turns=2, cost=0.01):
@@ -82,10 +108,10 @@ def api_error(status):
     sys.exit(1)
 
 
-def fail_count(n):
-    """True while this task has failed fewer than n times (counted across attempts)."""
+def fail_count(n, counter="fail"):
+    """True while this task has counted fewer than n (across attempts and runs); counts."""
     state = os.environ.get("FAKE_CLAUDE_STATE")
-    key = os.path.join(state, "fail-" + (os.environ.get("QW_TASK_ID") or "x"))
+    key = os.path.join(state, counter + "-" + (os.environ.get("QW_TASK_ID") or "x"))
     done = int(open(key).read()) if os.path.exists(key) else 0
     if done < n:
         with open(key, "w") as f:
@@ -99,12 +125,16 @@ def main():
         print("2.1.197 (Claude Code)")
         return 0
     prompt = sys.stdin.read()
-    log("start", argv=sys.argv[1:], prompt_chars=len(prompt))
+    log("start", argv=sys.argv[1:], prompt_chars=len(prompt), ppids=parent_chain(os.getpid()))
     emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": "fake-session",
           "tools": ["Write", "Bash"], "model": "fake-model", "permissionMode": "acceptEdits",
           "claude_code_version": "2.1.197"})
     for words in directives(prompt):
         verb, args = words[0], words[1:]
+        if verb == "first":
+            if not fail_count(int(args[0]), "first"):
+                continue
+            verb, args = args[1], args[2:]
         if verb == "sleep":
             time.sleep(float(args[0]))
         elif verb == "write":
@@ -133,7 +163,7 @@ def main():
             g = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
             b = subprocess.Popen(["sh", "-c", f"'{sys.executable}' -c '{code}' & echo $!"],
                                  stdout=subprocess.PIPE)
-            bg_pid = int(b.stdout.read().strip())
+            bg_pid = int(b.stdout.readline().strip())   # the job keeps the pipe open
             b.wait()
             log("grandchildren", pids=[g.pid, bg_pid])
         elif verb == "ignore-signals":
@@ -145,9 +175,26 @@ def main():
         elif verb == "edit-tasks":
             path = os.path.join(os.environ["FAKE_TASKS_MD"])
             text = open(path, encoding="utf-8", newline="").read()
-            text = text.replace(f"- [ ] {args[0]}.", f"- [x] {args[0]}.", 1)
+            text = re.sub(r"- \[.\] %s([. ])" % re.escape(args[0]), r"- [x] %s\1" % args[0],
+                          text, count=1)
             with open(path, "w", encoding="utf-8", newline="") as f:
                 f.write(text)
+        elif verb == "wait-file":
+            path = os.path.join(os.environ["FAKE_CLAUDE_STATE"], args[0])
+            deadline = time.time() + 120
+            while not os.path.exists(path):
+                if time.time() > deadline:
+                    log("end", outcome="wait-file timed out")
+                    return 1
+                time.sleep(0.05)
+        elif verb == "show-tasks":
+            with open(os.environ["FAKE_TASKS_MD"], encoding="utf-8", newline="") as f:
+                log("tasks-md", text=f.read())
+        elif verb == "usage-limit-epoch":
+            at = int(time.time() + float(args[0]))
+            emit(result(True, text=f"Claude AI usage limit reached|{at}", turns=1, cost=0))
+            log("end", outcome="usage-limit")
+            return 1
         elif verb == "usage-limit":
             emit(result(True, text="You've hit your session limit · resets 12:50am "
                         "(America/Los_Angeles)", turns=1, cost=0))
