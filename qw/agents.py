@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
-from .errors import SpecError
+from .errors import SpecError, UsageError
 
 _KEY_LINE = re.compile(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*?)|\s*)$")
 _BLOCK_SCALAR = re.compile(r"^([|>])[-+]?$")
@@ -312,3 +312,17 @@ def _max_turns(field: Optional[Tuple[_Value, int]], path: str) -> Optional[int]:
         raise SpecError(f"agent maxTurns must be a whole number above 0, not {value!r}",
                         f"{path}:{line}", "write e.g. `maxTurns: 20`, or remove the line")
     return int(text)
+
+
+def agent_of(task, agents: Dict[str, AgentDef], tasks_path: str) -> Optional[AgentDef]:
+    """The agent a task's `_Agent:` names, None without one; UsageError for an unknown name
+    (a run and its --dry-run refuse it alike, before anything starts)."""
+    if not task.agent:
+        return None
+    if task.agent not in agents:
+        known = ", ".join(sorted(agents)) or "none defined"
+        raise UsageError(f"task {task.id} names unknown agent '{task.agent}'",
+                         f"{tasks_path}:{task.line}",
+                         f"define .claude/agents/{task.agent}.md or fix the _Agent: line "
+                         f"(known: {known})")
+    return agents[task.agent]

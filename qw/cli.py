@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 from qw import __version__
-from qw.errors import EXIT_INTERRUPTED, EXIT_USAGE, QwError, UsageError
+from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, QwError, UsageError
 from qw.report import short_paths
 
 _EPILOG = """\
@@ -249,6 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run qw with `argv` (default sys.argv[1:]) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("QW_DEBUG", "") not in ("", "0") or "--debug" in argv
+    args = None
     try:
         parser = build_parser()
         try:
@@ -269,12 +270,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("qw: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # `qw status | head`: the reader went away; that is not an error of ours.
+        # `qw status | head`: the reader went away. For a read-only command that is no
+        # error of ours; a run that could not report its end did not finish as asked.
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        return 0
+        return EXIT_FAILED if getattr(args, "command", None) == "run" else 0
     except OSError as e:
         # The file system said no (permissions, a full disk): the user's to fix, not a bug.
         if debug:

@@ -178,7 +178,7 @@ def start_child(argv: list, *, env: dict, cwd: str, stdin_data: bytes,
     are read by threads. `grace` is the pause between SIGINT, SIGTERM and SIGKILL when the
     tree has to be stopped, including when this process dies. FileNotFoundError when
     argv[0] is not found on env's PATH (or relative to cwd)."""
-    exe = _resolve(argv[0], env, cwd)
+    exe = resolve_command(argv[0], env, cwd)
     if os.name == "nt":
         return _start_windows([exe] + list(argv[1:]), env, cwd, stdin_data, grace, _Win32())
     return _start_posix(exe, list(argv), env, cwd, stdin_data, grace)
@@ -238,7 +238,8 @@ def _daemon(target: Callable, *args, name: str) -> threading.Thread:
     return thread
 
 
-def _resolve(command: str, env: dict, cwd: str) -> str:
+def resolve_command(command: str, env: dict, cwd: str) -> str:
+    """The executable start_child would run for `command` (FileNotFoundError if none)."""
     if os.path.dirname(command):
         found = shutil.which(os.path.join(cwd, command))
     else:

@@ -93,7 +93,7 @@ def all_documents_size(spec) -> int:
 
 def dry_run_report(spec, plan, config, only: Optional[Iterable[str]] = None) -> Dict[str, object]:
     """What `qw run --dry-run` shows: the batches, and each task's command line and prompt."""
-    from qw.agents import load_agents
+    from qw.agents import agent_of, load_agents
     from qw.claude import build_command
 
     agents = load_agents(spec.paths.repo)
@@ -105,7 +105,7 @@ def dry_run_report(spec, plan, config, only: Optional[Iterable[str]] = None) -> 
     tasks = []
     for tid in targets:
         task = by_id[tid]
-        agent = agents.get(task.agent) if task.agent else None
+        agent = agent_of(task, agents, spec.paths.tasks)
         prompt = build_prompt(spec, task)
         tasks.append({"id": tid, "title": task.title, "agent": task.agent,
                       "command": build_command(config.claude, agent=agent,

@@ -27,14 +27,15 @@ import time
 from typing import Dict, List, Optional, Set, Tuple
 
 from qw import __version__
+from qw.agents import agent_of, load_agents
 from qw.claude import build_command, build_env
 from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, ConfigError,
-                       LockHeld, SpecError, UsageError)
+                       LockHeld, SpecError)
 from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
 from qw.outcome import INTERRUPTED, Outcome
 from qw.pool import Pool
-from qw.proctree import _resolve as resolve_command   # the very lookup start_child does
+from qw.proctree import resolve_command   # the very lookup start_child does
 from qw.proctree import kill_marked
 from qw.prompt import build_prompt
 from qw.runreport import RunReporter
@@ -62,15 +63,26 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
     targets = plan.closure(only) if only else [t.id for t in plan.tasks]
     targets = [t for t in targets if t not in done]
     reporter = RunReporter(spec.name, json_output=json_output)
+    parked = _blocked_and_needing(plan, set(targets), asked=set(only or ()))
+    if parked:
+        targets = [t for t in targets if t not in parked]
+        reporter.note("not running " + "; ".join(
+            f"{tid} ({reason})" for tid, reason in parked.items())
+            + ": change [~] to [ ] in tasks.md (or name it with --task) to run it")
     if only:
         extra = [t for t in targets if t not in set(only)]
         if extra:
             reporter.note(f"--task also runs unfinished prerequisites: {', '.join(extra)}")
     if not targets:
-        reporter.note("nothing to do: every task asked for is already checked in tasks.md")
+        reporter.note("nothing to do: every task asked for is already checked in tasks.md"
+                      if not parked else "nothing else to run")
         return EXIT_OK
 
     _check_claude_command(repo, config)
+    agents = load_agents(repo)
+    by_id = {t.id: t for t in plan.tasks}
+    for tid in targets:
+        agent_of(by_id[tid], agents, spec.paths.tasks)   # an unknown agent: refuse up front
     os.makedirs(os.path.join(qw_dir, "locks"), exist_ok=True)
     run_id = new_run_id(time.time())
     lock = SpecLock(os.path.join(qw_dir, "locks", f"{spec.name}.lock"))
@@ -81,9 +93,30 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
         previous = newest_run_of(qw_dir, spec.name)
         if previous:
             _sweep_previous_run(previous, reporter)
-        return _Run(repo, qw_dir, run_id, spec, plan, config, targets, done, reporter).execute()
+        return _Run(repo, qw_dir, run_id, spec, plan, config, targets, done, agents,
+                    reporter).execute()
     finally:
         lock.release()
+
+
+def _blocked_and_needing(plan, targets, asked) -> Dict[str, str]:
+    """Targets marked `[~]` blocked (unless asked for by --task), and every target that
+    needs one of them, each with the reason it will not run."""
+    by_id = {t.id: t for t in plan.tasks}
+    parked: Dict[str, str] = {}
+    for tid in targets:
+        task = by_id[tid]
+        if task.status == "blocked" and tid not in asked:
+            parked[tid] = "[~] blocked" + (f": {task.blocked_reason}" if task.blocked_reason
+                                           else "")
+    stack = list(parked)
+    while stack:
+        blocked = stack.pop()
+        for dependent in plan.dependents.get(blocked, ()):
+            if dependent in targets and dependent not in parked:
+                parked[dependent] = f"needs blocked task {blocked}"
+                stack.append(dependent)
+    return parked
 
 
 def _check_claude_command(repo: str, config) -> None:
@@ -124,24 +157,17 @@ def _wait_for_stale_owner(qw_dir: str, spec: str) -> None:
 
 
 class _Run:
-    def __init__(self, repo, qw_dir, run_id, spec, plan, config, targets, done, reporter):
-        from qw.agents import load_agents
-
+    def __init__(self, repo, qw_dir, run_id, spec, plan, config, targets, done, agents,
+                 reporter):
         self.repo, self.qw_dir, self.run_id = repo, qw_dir, run_id
         self.spec, self.plan, self.config = spec, plan, config
         self.reporter = reporter
         self.run_dir = os.path.join(qw_dir, "runs", run_id)
-        self.agents = load_agents(repo)
+        self.agents = agents
         self.by_id = {t.id: t for t in spec.tasks}
         timeouts = {t: self.by_id[t].timeout_s for t in targets
                     if self.by_id[t].timeout_s is not None}
         self.sched = Scheduler(plan, targets, done, config.run, timeouts=timeouts)
-        for t in targets:
-            agent = self.by_id[t].agent
-            if agent and agent not in self.agents:
-                raise UsageError(f"task {t} names unknown agent '{agent}'",
-                                 where=f"{spec.paths.tasks}:{self.by_id[t].line}",
-                                 fix=f"define .claude/agents/{agent}.md or fix the _Agent: line")
         self.signals: List[int] = []
         self.interrupts = 0
         self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
@@ -254,7 +280,7 @@ class _Run:
             self.reporter.attempt_started(d.task_id, d.attempt, worker_id, task.title)
 
     def _request(self, task, attempt: int, timeout_s: float, launch: int) -> AttemptRequest:
-        agent = self.agents.get(task.agent) if task.agent else None
+        agent = agent_of(task, self.agents, self.spec.paths.tasks)
         argv = build_command(self.config.claude, agent=agent,
                              agents=[agent] if agent else ())
         env = build_env(os.environ, self.config.claude, run_id=self.run_id, task_id=task.id,
@@ -349,7 +375,7 @@ class _Run:
         self._sync_marks(final=True)
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
                       "reason": sched.stop_reason})
-        view = self.owner.proxy.view()
+        view = dict(self.owner.proxy.view(), live=False)   # the run has ended
         self.reporter.finished(view, code, sched.stop_reason)
         return code
 

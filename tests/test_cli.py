@@ -601,3 +601,18 @@ def test_command_help_exits_0(tmp_path, monkeypatch, capsys):
     # In-process, help and --version return 0 rather than raising SystemExit.
     assert run_main(monkeypatch, capsys, tmp_path, "plan", "--help")[0] == 0
     assert run_main(monkeypatch, capsys, tmp_path, "--version")[0] == 0
+
+
+def test_dry_run_refuses_an_unknown_agent_as_the_run_does(tmp_path):
+    spec = tmp_path / ".claude" / "specs" / "s"
+    spec.mkdir(parents=True)
+    (spec / "tasks.md").write_text("- [ ] 1. Do it\n  - _Agent: ghost_\n")
+    for args in (["run", "s", "--dry-run"], ["run", "s"]):
+        done = subprocess.run([sys.executable, "-m", "qw", *args], cwd=tmp_path,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                       QW_CLAUDE=sys.executable),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert "unknown agent 'ghost'" in done.stderr and "tasks.md:1" in done.stderr
+        assert not (tmp_path / ".qw").exists()

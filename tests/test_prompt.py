@@ -1,8 +1,5 @@
 """What a task's child is told: its own task, its requirements, the design it touches."""
 
-import os
-from types import SimpleNamespace
-
 from qw.config import default_config
 from qw.plan import build_plan
 from qw.prompt import build_prompt, dry_run_report

@@ -591,6 +591,27 @@ def test_task_option_runs_a_task_and_its_unfinished_prerequisites(repo):
     assert "- [x] 3." in text and "- [ ] 4." in text
 
 
+def test_blocked_tasks_and_what_needs_them_are_not_run_unless_named(repo):
+    repo.write_tasks("""
+- [~] 1. Waiting on the vendor
+  - _Blocked: no API key yet_
+- [ ] 2. Needs 1
+  - _Depends: 1_
+- [ ] 3. Free
+  - _Depends: none_
+""")
+    done = repo.run("run", "s")
+    assert done.code == 0, done
+    assert "1 ([~] blocked: no API key yet)" in done.out and "2 (needs blocked task 1)" in done.out
+    assert [e["task"] for e in repo.events("start")] == ["3"]
+    still = repo.run("run", "s", "--task", "2")      # its blocked prerequisite stays parked
+    assert still.code == 0 and "needs blocked task 1" in still.out, still
+    named = repo.run("run", "s", "--task", "1")      # naming it is asking for it
+    assert named.code == 0, named
+    assert repo.run("run", "s").code == 0            # 1 is done now: 2 can go
+    assert sorted(e["task"] for e in repo.events("start")) == ["1", "2", "3"]
+
+
 def test_a_run_with_everything_done_has_nothing_to_do(repo):
     repo.write_tasks("""
 - [ ] 1. Only
