@@ -444,6 +444,36 @@ def _dotted_parent(task_id: str, earlier) -> Optional[str]:
 
 # --- writing one checkbox ---------------------------------------------------------------
 
+def checkbox_marks(text: str, path: str = "tasks.md") -> Dict[str, Tuple[str, int]]:
+    """{task id: (its mark, the offset of the mark character in `text`)}, from one scan.
+
+    Lighter than parse_tasks (no fields are read): what a writer of checkboxes needs. Raises
+    SpecError for duplicate ids or an unnumbered top-level checkbox, as parse_tasks does.
+    """
+    lines = _split_lines(text)
+    return {block.id: (block.mark, lines[block.line - 1][0] + block.mark_column)
+            for block in _scan(text, path)}
+
+
+def with_marks(text: str, marks: Dict[str, str], path: str = "tasks.md") -> str:
+    """`text` with each task's mark set as `marks` says, every other character kept; one scan
+    of the text whatever the number of marks. SpecError for a task that is not there."""
+    for mark in marks.values():
+        if mark not in MARKS:
+            raise ValueError(f"mark must be one of {sorted(MARKS)!r}, not {mark!r}")
+    found = checkbox_marks(text, path)
+    chars = None
+    for task_id, mark in marks.items():
+        if task_id not in found:
+            raise SpecError(f"task {task_id} not found", path,
+                            "the file was edited during the run: check its task numbers")
+        current, offset = found[task_id]
+        if current != mark:
+            chars = chars if chars is not None else list(text)
+            chars[offset] = mark
+    return text if chars is None else "".join(chars)
+
+
 def set_checkbox(text: str, task_id: str, mark: str, path: str = "tasks.md") -> str:
     """`text` with task `task_id`'s checkbox mark set to `mark` and every other character kept.
 
