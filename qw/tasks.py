@@ -284,9 +284,14 @@ def _is_path(token: str) -> bool:
     return bool(named) and named.group("ext").lower() in _EXTENSIONS
 
 
+_TOKEN_SEPARATORS = re.compile(r"[\s,]+")
+
+
 def _path_tokens(text: str) -> List[str]:
     """The path-like tokens of free text, in order."""
-    tokens = (_clean_token(t) for t in re.split(r"[\s,]+", text))
+    # Most words of a title hold neither "/" nor ".": no path, so no cleaning (it adds up
+    # on a 10,000-task spec).
+    tokens = (_clean_token(t) for t in _TOKEN_SEPARATORS.split(text) if "/" in t or "." in t)
     return [t for t in tokens if _is_path(t)]
 
 
