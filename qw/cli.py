@@ -167,6 +167,16 @@ def _args_backup(p: argparse.ArgumentParser) -> None:
     p.set_defaults(_backup_parsers=True)
 
 
+def _args_dashboard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", metavar="N", type=int, default=8080,
+                   help="port to listen on (default 8080; 0 picks a free one)")
+    p.add_argument("--host", metavar="ADDR", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs a token)")
+    p.add_argument("--token", metavar="TOKEN",
+                   help="the token every request must carry (default: a random one when "
+                        "not on loopback)")
+
+
 def _args_json_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -191,6 +201,10 @@ COMMANDS: List[Command] = [
             _args_reset, "qw.commands:cmd_reset"),
     Command("backup", "create, list, restore or clean backups of qw's state", _args_backup,
             "qw.commands:cmd_backup"),
+    Command("dashboard", "a live, read-only dashboard in the browser (loopback by default)",
+            _args_dashboard, "qw.commands:cmd_dashboard"),
+    Command("stats", "attempts, success rate, durations, cost and retries, per agent",
+            _args_status, "qw.commands:cmd_stats"),
 ]
 
 

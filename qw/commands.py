@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import List, Tuple
 
 from qw import report
@@ -211,4 +212,30 @@ def cmd_backup(args: argparse.Namespace) -> int:
             raise UsageError(f"--days must be 0 or more, got {args.days:g}", "qw backup clean",
                              "give the age in days past which backups are deleted")
         report.print_cleaned(backup.clean(repo, args.days), args.days)
+    return EXIT_OK
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from qw.dashboard import banner, serve
+
+    server = serve(repo_of(args), host=args.host, port=args.port, token=args.token,
+                   config_file=args.config)
+    print(banner(server), flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from qw.stats import compute_stats, render_stats
+
+    stats = compute_stats(repo_of(args), args.spec)
+    if args.json:
+        report.print_json(stats)
+    else:
+        sys.stdout.write(render_stats(stats))
     return EXIT_OK
