@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import socket
+import time
 from typing import Optional
 
 from qw.errors import LockHeld, StateError
@@ -20,6 +21,9 @@ from qw.errors import LockHeld, StateError
 # msvcrt locks byte ranges, and a locked range cannot be read by anyone else: lock one byte
 # far past the holder info instead of the info itself (Windows allows locking past EOF).
 _WINDOWS_LOCK_OFFSET = 1 << 30
+# A holder writes who it is just after it takes the lock: a run refused in that instant
+# waits at most this long for the info rather than name nobody.
+HOLDER_INFO_WAIT_S = 1.0
 
 
 class _FlockBackend:
@@ -102,7 +106,7 @@ class SpecLock:
                              fix="make .qw/ writable, or run qw where it is") from e
         if not self._backend.try_lock(fd):
             os.close(fd)
-            raise _held_error(self.path, _read_info(self.path))
+            raise _held_error(self.path, _wait_for_info(self.path))
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started_at": datetime.datetime.now().astimezone().isoformat(
                       timespec="seconds")}
@@ -147,6 +151,17 @@ def read_holder(path: str) -> Optional[dict]:
     if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
         return None
     return info
+
+
+def _wait_for_info(path: str) -> Optional[dict]:
+    """The holder info at `path`, waiting up to HOLDER_INFO_WAIT_S for a holder that has
+    just taken the lock to write it (None if it never does: a holder releasing it)."""
+    deadline = time.monotonic() + HOLDER_INFO_WAIT_S
+    while True:
+        info = _read_info(path)
+        if info or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.01)   # another process's write, with nothing to wait on
 
 
 def _read_info(path: str) -> Optional[dict]:

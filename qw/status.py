@@ -25,9 +25,13 @@ def gather_status(repo: str, spec_arg: Optional[str]) -> List[Dict[str, object]]
         [resolve_spec(repo, n) for n in list_specs(repo)]
     views = []
     for paths in names:
-        view = _live_view(qw_dir, paths.name) or _stored_view(qw_dir, paths.name, paths.tasks)
+        warnings: List[str] = []
+        view = _live_view(qw_dir, paths.name) or \
+            _stored_view(qw_dir, paths.name, paths.tasks, warnings)
         if view is None:
             view = _unrun_view(load_spec(paths))
+        if warnings:
+            view["warnings"] = warnings
         views.append(view)
     return views
 
@@ -46,22 +50,23 @@ def _live_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
     return view
 
 
-def _stored_view(qw_dir: str, spec: str, tasks_path: str) -> Optional[Dict[str, object]]:
+def _stored_view(qw_dir: str, spec: str, tasks_path: str,
+                 warnings: List[str]) -> Optional[Dict[str, object]]:
+    """The stored state's view, or None if there is none; what loading it had to rebuild
+    is added to `warnings` either way (damage that left nothing to rebuild is news too)."""
     from qw.journal import IN_MEMORY, StateStore
     from qw.state import recover_interrupted
 
     # Without the spec's lock: damaged state is rebuilt in memory only, never rewritten.
     store = StateStore(qw_dir, spec, recover=IN_MEMORY, tasks_path=tasks_path)
     state = store.load()
+    warnings.extend(store.warnings)
     if state is None:
         return None
     # No live owner: whatever the last run left "running" died with it.
     for event in recover_interrupted(state, time.time()):
         state.apply(event)
-    view = state.view(live=False)
-    if store.warnings:
-        view["warnings"] = list(store.warnings)
-    return view
+    return state.view(live=False)
 
 
 def _unrun_view(spec) -> Dict[str, object]:

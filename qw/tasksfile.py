@@ -14,8 +14,9 @@ one puts the marks right); only the final write, when no child is left, goes ahe
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from qw.errors import SpecError
 from qw.journal import atomic_write
@@ -128,3 +129,20 @@ def group_states(groups: Dict[str, Iterable[str]], states: Dict[str, str],
         if any(leaf in states for leaf in leaves):
             out[group_id] = DONE if all(leaf in finished for leaf in leaves) else OPEN
     return out
+
+
+def remove_stale_temps(path: str) -> List[str]:
+    """Remove the temporary files a writer killed inside atomic_write left beside `path`
+    (`.<name>.<8 hex>.tmp`); their names. Only while holding the spec's lock: no other
+    writer of `path` can be half-way then."""
+    directory, name = os.path.split(os.path.abspath(path))
+    stale = re.compile(r"\.%s\.[0-9a-f]{8}\.tmp\Z" % re.escape(name))
+    removed = []
+    for entry in sorted(os.listdir(directory)):
+        if stale.match(entry):
+            try:
+                os.remove(os.path.join(directory, entry))
+            except OSError:
+                continue   # not ours to insist on: the next run tries again
+            removed.append(entry)
+    return removed

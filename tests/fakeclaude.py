@@ -21,6 +21,8 @@ through lines `FAKE: <directive>` (the prompt carries the task's whole block):
     FAKE: usage-limit-epoch S  end with `Claude AI usage limit reached|<now + S>`
     FAKE: show-tasks           copy $FAKE_TASKS_MD's current text into the log
     FAKE: max-turns            end with error_max_turns
+    FAKE: alloc 300 1.5        allocate 300 MB, touching every page (so all of it is
+                               resident), and hold it for 1.5 s (default 1) before going on
 
 `FAKE@N: <directive>` applies only to attempt N (QW_ATTEMPT) of the task.
 
@@ -200,15 +202,47 @@ def main():
                         "(America/Los_Angeles)", turns=1, cost=0))
             log("end", outcome="usage-limit")
             return 1
+        elif verb == "alloc":
+            held = b"\x01" * (int(args[0]) * 1024 * 1024)   # written: all of it resident
+            log("alloc", mb=len(held) >> 20)
+            time.sleep(float(args[1]) if len(args) > 1 else 1.0)
+            del held
         elif verb == "max-turns":
             emit(result(True, subtype="error_max_turns", text="max turns", turns=5))
             log("end", outcome="max-turns")
             return 1
+        elif verb in EXTRA_DIRECTIVES:   # the separate block below main()
+            code = EXTRA_DIRECTIVES[verb](args)
+            if code is not None:
+                return code
     emit({"type": "assistant", "message": {"content": [{"type": "text", "text": "Done."}],
                                            "usage": {"input_tokens": 10, "output_tokens": 5}}})
     emit(result())
     log("end", outcome="ok")
     return 0
+
+
+# ----- fault-injection directives (tests/test_faults.py)
+#
+#     FAKE: log-signals          a SIGINT, SIGTERM or SIGHUP is logged as an `end` line
+#                                (outcome "signal NAME") before it ends the process as it
+#                                would have: a killed attempt's end is in the log too
+#
+# Each takes the directive's words and returns None to go on, or an exit code.
+
+
+def _log_signals(args):
+    def on_signal(signum, frame):
+        log("end", outcome="signal " + signal.Signals(signum).name)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    return None
+
+
+EXTRA_DIRECTIVES = {"log-signals": _log_signals}
 
 
 if __name__ == "__main__":
