@@ -11,7 +11,7 @@ rather than argued. Real `qw run` processes, real workers and guards, the fake c
 The kill moments are delays after the launch, a child's start or end, or the instant
 (inotify) tasks.md, the journal or the snapshot is written. Every random choice comes
 from a fixed seed; which window a kill hits varies a little from machine to machine, never
-what must hold after it. The xfail tests each pin one bug these found."""
+what must hold after it. Four smaller tests pin the bugs these found (all fixed)."""
 
 from __future__ import annotations
 
