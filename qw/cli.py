@@ -177,6 +177,26 @@ def _args_dashboard(p: argparse.ArgumentParser) -> None:
                         "not on loopback)")
 
 
+def _args_approve(p: argparse.ArgumentParser) -> None:
+    _spec_arg(p)
+    p.add_argument("phase", metavar="PHASE", nargs="?",
+                   choices=("requirements", "design", "tasks"),
+                   help="requirements, design or tasks (default: the next unapproved one)")
+
+
+def _args_hook(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", metavar="ACTION", choices=("install", "uninstall", "stop"),
+                   help="install or uninstall qw's Stop/SubagentStop hooks in "
+                        ".claude/settings.json; stop is what the hook runs")
+
+
+def _args_consume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--watch", action="store_true",
+                   help="keep watching .claude/next_command.txt until Ctrl-C")
+    p.add_argument("--interval", metavar="S", type=float, default=5.0,
+                   help="seconds between looks with --watch (default 5)")
+
+
 def _args_json_only(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -205,6 +225,12 @@ COMMANDS: List[Command] = [
             _args_dashboard, "qw.commands:cmd_dashboard"),
     Command("stats", "attempts, success rate, durations, cost and retries, per agent",
             _args_status, "qw.commands:cmd_stats"),
+    Command("approve", "approve a spec document (writes the ✅ APPROVED marker)",
+            _args_approve, "qw.workflow_commands:cmd_approve"),
+    Command("hook", "install or remove the Claude Code hooks that suggest the next step",
+            _args_hook, "qw.workflow_commands:cmd_hook"),
+    Command("consume", "run the suggested next qw command from .claude/next_command.txt",
+            _args_consume, "qw.workflow_commands:cmd_consume"),
 ]
 
 
@@ -262,6 +288,11 @@ def _parse(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.Namespa
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run qw with `argv` (default sys.argv[1:]) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["hook", "stop"]:
+        # Run by Claude Code at every Stop: silent, fast, and exit 0 whatever happens (a
+        # broken hook must not break the user's session), so no argument parsing at all.
+        from qw.hooks import main as hook_main
+        return hook_main()
     debug = os.environ.get("QW_DEBUG", "") not in ("", "0") or "--debug" in argv
     args = None
     try:

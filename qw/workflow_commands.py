@@ -1,0 +1,68 @@
+"""The commands of the spec workflow: `approve`, `hook`, `consume`.
+
+They wire qw.approve, qw.hooks and qw.consume (which hold the logic) to the command line;
+`qw new` and `qw workflow` will join them here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from qw.commands import repo_of
+from qw.errors import EXIT_OK, EXIT_USAGE
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from qw.approve import approve, read_facts
+    from qw.phases import next_command, where
+
+    repo = repo_of(args)
+    result = approve(repo, args.spec, args.phase)
+    already = " (already approved)" if not (result.recorded or result.marker_written) else ""
+    print(f"approved {result.phase} of {result.spec}{already}: {result.document}")
+    position = where(read_facts(repo, result.spec))
+    step = next_command(result.spec, position.phase, position.step)
+    if step:
+        print(f"next: {step}")
+    return EXIT_OK
+
+
+def cmd_hook(args: argparse.Namespace) -> int:
+    from qw import hooks
+
+    repo = repo_of(args)
+    if args.action == "install":
+        result = hooks.install(repo, hooks.qw_command(sys.executable, sys.argv[0]))
+        changed = ", ".join(result.added + result.updated)
+        print(f"{'installed' if changed else 'already installed'}: {changed or 'Stop, SubagentStop'}"
+              f" hooks in {result.path} running `{result.command}`")
+    elif args.action == "uninstall":
+        result = hooks.uninstall(repo)
+        print(f"removed qw's hooks from {', '.join(result.removed) or 'nothing'} in {result.path}"
+              + (" (the file, which qw had created, is gone)" if result.file_removed else ""))
+    else:   # reached only when `hook stop` is not the first words (main short-circuits it)
+        return hooks.main()
+    return EXIT_OK
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    from qw.cli import main
+    from qw.consume import FAILED, REFUSED, consume_once, consume_watch
+
+    repo = repo_of(args)
+    if not args.watch:
+        result = consume_once(repo, main)
+        print(result.line())
+        if result.action == REFUSED:
+            return EXIT_USAGE
+        if result.action == FAILED:
+            return result.exit_code or 1
+        return EXIT_OK
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return consume_watch(repo, main, args.interval, stop,
+                         on_result=lambda r: print(r.line(), flush=True))
