@@ -115,6 +115,9 @@ def make_repo(root: str, spec: str, tasks_md: str, claude: str = INSTANT_CLAUDE,
     with open(os.path.join(root, "qw.toml"), "w") as f:
         f.write(f"[run]\nmax_concurrent = {jobs}\nmax_retries = 0\n\n"
                 f'[plan]\nundeclared = "parallel"\n\n'
+                # Dispatch is measured, not admission on a machine the bench itself loads.
+                f"[resources]\ncpu_limit_percent = 100\nmemory_limit_percent = 100\n"
+                f"memory_reserve_mb = 0\nper_task_memory_mb = 0\n\n"
                 f"[claude]\ncommand = {json.dumps(claude)}\n{extra_toml}")
     return root
 

@@ -144,13 +144,20 @@ def print_dry_run(data: Dict[str, object]) -> None:
               f"all spec documents together: {sizes['all_documents']} chars\n")
 
 
+STATUS_HEADER = ("task", "status", "tries", "time", "cost", "peak MB", "cpu", "error / waiting")
+
+
 def status_rows(view: Dict[str, object]) -> List[List[str]]:
+    """One row per task, under STATUS_HEADER. The last column: why a ready task waits, or
+    why the task's last attempt failed."""
     rows = []
     for t in view["tasks"]:
         rows.append([t["id"], t["status"], str(t["attempts"]),
                      format_duration(t["duration_s"]) if t.get("duration_s") else "-",
                      f"${t['cost_usd']:.4f}" if t.get("cost_usd") else "-",
-                     (t.get("error") or "")[:80]])
+                     f"{t['peak_rss_mb']:.0f}" if t.get("peak_rss_mb") else "-",
+                     format_duration(t["cpu_s"]) if t.get("cpu_s") else "-",
+                     (t.get("waiting") or t.get("error") or "")[:100]])
     return rows
 
 
@@ -160,11 +167,12 @@ def print_status(views: List[Dict[str, object]]) -> None:
         out.write("no specs found\n")
         return
     for view in views:
+        for warning in view.get("warnings") or ():
+            sys.stderr.write(f"qw: warning: {short_paths(warning)}\n")
         live = "live run" if view.get("live") else "last run"
         run = view.get("run_id") or "never run"
         out.write(f"spec {view['spec']} ({live} {run})\n")
-        out.write(table(status_rows(view),
-                        ("task", "status", "tries", "time", "cost", "error")) + "\n")
+        out.write(table(status_rows(view), STATUS_HEADER) + "\n")
         totals = view.get("totals") or {}
         out.write(totals_line(totals) + "\n")
         if view.get("paused_until"):
@@ -172,9 +180,15 @@ def print_status(views: List[Dict[str, object]]) -> None:
 
 
 def totals_line(totals: Dict[str, object]) -> str:
+    waiting = f", {totals['ready']} waiting for room" if totals.get("ready") else ""
+    measured = ""
+    if totals.get("peak_rss_mb"):
+        measured = (f"; cpu {format_duration(totals.get('cpu_s') or 0)}, "
+                    f"peak {totals['peak_rss_mb']:.0f} MB")
     return (f"{totals.get('done', 0)}/{totals.get('tasks', 0)} done, "
             f"{totals.get('failed', 0)} failed, {totals.get('running', 0)} running, "
-            f"{totals.get('pending', 0)} pending; cost ${totals.get('cost_usd', 0) or 0:.4f}")
+            f"{totals.get('pending', 0)} pending{waiting}; "
+            f"cost ${totals.get('cost_usd', 0) or 0:.4f}{measured}")
 
 
 def print_doctor(checks) -> None:

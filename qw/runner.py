@@ -6,6 +6,11 @@
        ├─ Pool: N spawn workers ─► guard ─► claude -p    │ results and deaths come back here
        └─ RunReporter (terminal) ◄───────────────────────┘
 
+Admission: while a worker is free and tasks are ready, the loop samples the machine (qw.probe,
+at most every SAMPLE_EVERY_S) and the Scheduler decides whether it has room for each task
+(qw.admission). A task held back is recorded `ready` with the reason (`task_waiting`), and
+the run's output says so in one line whenever a new reason appears.
+
 A signal handler only records the signal (and wakes the loop through a socket); the loop
 acts on it. The first Ctrl-C/SIGTERM stops dispatching and cancels running attempts (each
 child gets SIGINT, a grace period, SIGTERM, then SIGKILL); a second one kills every process
@@ -27,8 +32,10 @@ import time
 from typing import Dict, List, Optional, Set, Tuple
 
 from qw import __version__
+from qw.admission import Admission, Limits
 from qw.agents import agent_of, load_agents
 from qw.claude import build_command, build_env
+from qw.debuglog import open_log
 from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, ConfigError,
                        LockHeld, SpecError)
 from qw.journal import new_run_id, newest_run_of
@@ -41,11 +48,14 @@ from qw.prompt import build_prompt
 from qw.runreport import RunReporter
 from qw.scheduler import DONE, PENDING, RUNNING, Scheduler
 from qw.stateowner import start_owner, withdraw_stale
-from qw.tasksfile import OPEN, group_states, sync_marks
+from qw.tasksfile import OPEN, TasksFile, group_states, remove_stale_temps
 from qw.tasksfile import DONE as MARK_DONE, RUNNING as MARK_RUNNING
 from qw.worker import AttemptRequest, AttemptResult, Progress
 
 LOOP_TICK_S = 0.5        # longest the loop sleeps without looking at the clock
+# How old a machine snapshot may be for admission. The 1-minute load moves slowly and a
+# sample costs a file read or two; tasks waiting for room are looked at every tick.
+SAMPLE_EVERY_S = 1.0
 GRACE_S = 5.0            # SIGINT -> SIGTERM -> SIGKILL spacing for a child tree
 # After a second Ctrl-C every process of the run is killed; the workers report within
 # moments. Past this bound the run ends without them (their pipes close, they exit).
@@ -90,6 +100,7 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
                   "spec": spec.name, "qw": __version__})
     try:
         _wait_for_stale_owner(qw_dir, spec.name)
+        remove_stale_temps(spec.paths.tasks)   # a killed run's half-written tasks.md
         previous = newest_run_of(qw_dir, spec.name)
         if previous:
             _sweep_previous_run(previous, reporter)
@@ -164,10 +175,21 @@ class _Run:
         self.reporter = reporter
         self.run_dir = os.path.join(qw_dir, "runs", run_id)
         self.agents = agents
+        self.tasks_file = TasksFile(spec.paths.tasks)   # remembers its own last write
+        # --debug / QW_DEBUG=1 / [logging] level = "debug": every transition, one JSON line.
+        self.debug = open_log(config, qw_dir, run_id)
         self.by_id = {t.id: t for t in spec.tasks}
         timeouts = {t: self.by_id[t].timeout_s for t in targets
                     if self.by_id[t].timeout_s is not None}
-        self.sched = Scheduler(plan, targets, done, config.run, timeouts=timeouts)
+        self.sched = Scheduler(
+            plan, targets, done, config.run, timeouts=timeouts,
+            admission=Admission(Limits.from_config(config.resources)),
+            agents={t: self.by_id[t].agent for t in targets})
+        self.probe = None                          # qw.probe's, once the run starts
+        self.snapshot = None                       # the machine, last sampled at:
+        self.sampled_at = float("-inf")            # (monotonic)
+        self.waiting_kinds: Dict[str, str] = {}    # task -> the hold kind recorded
+        self.kinds_shown: Set[str] = set()         # hold kinds the output has named
         self.signals: List[int] = []
         self.interrupts = 0
         self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
@@ -190,6 +212,9 @@ class _Run:
                                      tasks_path=self.spec.paths.tasks)
             for warning in self.owner.warnings:
                 self.reporter.note(warning)
+            # What earlier runs measured: the memory estimates start from it.
+            self.sched.admission.restore(self.owner.proxy.view().get("memory_peaks") or {})
+            self.probe = _get_probe()
             self._record_initial()
             self.pool = Pool(self.config.run.max_concurrent, extra_fds=(wake_r,))
             self.pool.start()
@@ -204,6 +229,7 @@ class _Run:
             if self.owner is not None:
                 self.owner.shutdown()
             self._restore_signals(old_handlers)
+            self.debug.close()
             wake_r.close()
             wake_w.close()
 
@@ -229,6 +255,7 @@ class _Run:
                 elif kind == "died":
                     self._worker_died(worker_id, payload)
                 elif isinstance(payload, Progress):
+                    self._observe(payload)
                     self.owner.proxy.progress(payload.task_id, payload.info)
                     self.reporter.progress(payload.task_id, payload.info)
                 elif isinstance(payload, AttemptResult):
@@ -263,7 +290,8 @@ class _Run:
     def _dispatch(self, now: float) -> None:
         was_paused = self.sched.paused_until is not None
         idle = self.pool.idle()
-        dispatches = self.sched.dispatch(now, len(idle))
+        dispatches = self.sched.dispatch(now, len(idle), self._sample() if idle else None)
+        self._record_waiting(self.sched.waiting, {d.task_id for d in dispatches})
         if was_paused and self.sched.paused_until is None:
             self._record({"type": "run_paused", "until": None})
             self.reporter.note("pause over: starting tasks again")
@@ -278,6 +306,46 @@ class _Run:
                           "worker": worker_id, "timeout_s": d.timeout_s})
             self.pool.submit(worker_id, req)
             self.reporter.attempt_started(d.task_id, d.attempt, worker_id, task.title)
+
+    def _sample(self):
+        """The machine as of at most SAMPLE_EVERY_S ago (None: no probe, or it failed)."""
+        if self.probe is None or time.monotonic() - self.sampled_at < SAMPLE_EVERY_S:
+            return self.snapshot
+        self.sampled_at = time.monotonic()
+        try:
+            self.snapshot = self.probe.snapshot()
+        except (OSError, ValueError) as error:   # e.g. /proc unreadable in a sandbox
+            self.reporter.note(f"cannot read the machine's load and memory ({error}); "
+                               "starting tasks without [resources] limits")
+            self.probe = self.snapshot = None
+        return self.snapshot
+
+    def _record_waiting(self, waiting, started: Set[str]) -> None:
+        """Record each ready task held back, when its reason's kind changes, and tasks that
+        no longer wait (and did not start) as pending again; one output line per newly
+        appearing kind of reason."""
+        for tid in list(self.waiting_kinds):
+            if tid not in waiting:
+                del self.waiting_kinds[tid]
+                if tid not in started:   # attempt_started itself ends the wait
+                    self._record({"type": "task_waiting", "task": tid, "reason": None})
+        by_kind: Dict[str, List[str]] = {}
+        for tid, hold in waiting.items():
+            by_kind.setdefault(hold.kind, []).append(tid)
+            if self.waiting_kinds.get(tid) != hold.kind:
+                self.waiting_kinds[tid] = hold.kind
+                self._record({"type": "task_waiting", "task": tid, "reason": hold.reason})
+        for kind, tids in by_kind.items():
+            if kind not in self.kinds_shown:
+                self.reporter.waiting(tids, waiting[tids[0]].reason)
+        self.kinds_shown = set(by_kind)
+
+    def _observe(self, progress: Progress) -> None:
+        """A running attempt's tree size, for the memory it may still take."""
+        rss = progress.info.get("rss_mb")
+        if isinstance(rss, (int, float)) and \
+                self.sched.attempts.get(progress.task_id) == progress.attempt:
+            self.sched.observe(progress.task_id, float(rss))
 
     def _request(self, task, attempt: int, timeout_s: float, launch: int) -> AttemptRequest:
         agent = agent_of(task, self.agents, self.spec.paths.tasks)
@@ -295,6 +363,9 @@ class _Run:
             grace_s=GRACE_S)
 
     def _worker_died(self, worker_id: int, request: Optional[AttemptRequest]) -> None:
+        self.debug.debug("worker died", worker=worker_id, pid=None,
+                         task_id=request.task_id if request else None,
+                         attempt=request.attempt if request else None)
         self.reporter.note(f"worker {worker_id} died"
                            + (f" while running {request.task_id}" if request else "")
                            + "; started a new one")
@@ -315,8 +386,9 @@ class _Run:
                       "outcome": outcome.kind, "message": outcome.message,
                       "cost_usd": outcome.cost_usd, "exit_code": result.exit_code,
                       "duration_s": round(result.ended_at - result.started_at, 3),
-                      "session_id": outcome.session_id})
-        settled = self.sched.settle(tid, outcome, time.time())
+                      "session_id": outcome.session_id, "peak_rss_mb": result.peak_rss_mb,
+                      "cpu_s": result.cpu_s, "agent": self.by_id[tid].agent})
+        settled = self.sched.settle(tid, outcome, time.time(), result.peak_rss_mb)
         decision = settled.decision
         state = self.sched.state[tid]
         # tasks.md first: a crash between the two leaves tasks.md ahead of the journal (the
@@ -373,17 +445,31 @@ class _Run:
         else:
             code = EXIT_OK
         self._sync_marks(final=True)
+        self._record_waiting({}, set())   # nothing waits once the run is over
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
                       "reason": sched.stop_reason})
+        self._write_report()
         view = dict(self.owner.proxy.view(), live=False)   # the run has ended
         self.reporter.finished(view, code, sched.stop_reason)
         return code
 
     # ----- state and files
 
+    def _write_report(self) -> None:
+        """`.qw/runs/<run>/report.html`, the run's timeline for whoever reads it tomorrow;
+        a report that cannot be written is noted, and the run's result stands."""
+        from qw.htmlreport import write_report
+
+        try:
+            write_report(self.qw_dir, self.run_id)
+        except (OSError, ValueError) as error:
+            self.debug.exception("report not written", error)
+            self.reporter.note(f"could not write the run's report.html: {error}")
+
     def _run_started_event(self) -> dict:
         return {"type": "run_started", "t": time.time(), "run_id": self.run_id,
                 "spec": self.spec.name, "pid": os.getpid(),
+                "max_concurrent": self.config.run.max_concurrent,
                 "tasks": [[t.id, t.title] for t in self.plan.tasks]}
 
     def _record_initial(self) -> None:
@@ -394,6 +480,9 @@ class _Run:
 
     def _record(self, event: dict) -> None:
         event.setdefault("t", time.time())
+        extra = {k: v for k, v in event.items() if k not in ("type", "task", "attempt")}
+        self.debug.debug(event["type"], task_id=event.get("task"), attempt=event.get("attempt"),
+                         **extra)
         self.owner.proxy.record(event)
 
     def _sync_marks(self, final: bool = False) -> None:
@@ -402,10 +491,9 @@ class _Run:
         kinds = {DONE: MARK_DONE, RUNNING: MARK_RUNNING}
         states = {tid: kinds.get(s, OPEN) for tid, s in self.sched.state.items()}
         states.update(group_states(self.plan.groups, states, self.sched.done))
-        path = self.spec.paths.tasks
         try:
-            result = sync_marks(path, states, in_progress=self.config.spec.mark_in_progress,
-                                final=final)
+            result = self.tasks_file.sync(states, final=final,
+                                          in_progress=self.config.spec.mark_in_progress)
         except (SpecError, OSError) as error:
             if final:
                 self.reporter.note(f"could not update tasks.md ({error}); done in this run: "
@@ -435,6 +523,15 @@ class _Run:
             signal.set_wakeup_fd(old.pop("wakeup_fd"))
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _get_probe():
+    """qw.probe's backend, or None when none can be had here (then nothing is held)."""
+    from qw.probe import get_probe
+    try:
+        return get_probe()
+    except Exception:   # a broken psutil must not stop the run; doctor tells why
+        return None
 
 
 def _status_word(code: int) -> str:

@@ -13,7 +13,7 @@ import time
 from typing import Optional, TextIO
 
 from qw.durations import format_duration
-from qw.report import status_rows, table, totals_line
+from qw.report import STATUS_HEADER, status_rows, table, totals_line
 
 REDRAW_EVERY_S = 0.5
 
@@ -45,6 +45,10 @@ class RunReporter:
         again = f" (attempt {attempt})" if attempt > 1 else ""
         self._event(f"start {task_id}{again} on worker {worker}: {title}")
 
+    def waiting(self, task_ids, reason: str) -> None:
+        """Ready tasks held back by [resources] limits, for a reason not shown just before."""
+        self._event(f"wait  {', '.join(task_ids)}: {reason}")
+
     def progress(self, task_id: str, info: dict) -> None:
         pass   # shown through the live line's counters; `qw status` has the detail
 
@@ -56,7 +60,8 @@ class RunReporter:
         outcome = result.outcome
         if action == "done":
             cost = f", ${outcome.cost_usd:.4f}" if outcome.cost_usd else ""
-            self._event(f"done  {tid} in {took}{cost}")
+            peak = f", peak {result.peak_rss_mb:.0f} MB" if result.peak_rss_mb else ""
+            self._event(f"done  {tid} in {took}{cost}{peak}")
         elif action == "retry" and sched.stop_reason is not None:
             self._event(f"stop  {tid} after {took}: {outcome.kind}: {outcome.message} "
                         "(not retried: the run is stopping)")
@@ -86,8 +91,7 @@ class RunReporter:
             self.out.write(json.dumps(view, indent=2, default=str) + "\n")
             self.out.flush()
             return
-        self.out.write("\n" + table(status_rows(view),
-                                    ("task", "status", "tries", "time", "cost", "error")) + "\n")
+        self.out.write("\n" + table(status_rows(view), STATUS_HEADER) + "\n")
         elapsed = format_duration(time.time() - self.started_at)
         self.out.write(f"{totals_line(view.get('totals') or {})}; took {elapsed}\n")
         if reason and reason != "interrupted":
@@ -107,8 +111,9 @@ class RunReporter:
 
     def _draw(self, sched) -> None:
         self.last_draw = time.time()
+        waiting = f" ({len(sched.waiting)} waiting for room)" if sched.waiting else ""
         line = (f"qw {self.spec}: {len(sched.done)} done, {len(sched.running())} running, "
-                f"{len(sched.failed())} failed, {len(sched.queued())} queued"
+                f"{len(sched.failed())} failed, {len(sched.queued())} queued{waiting}"
                 f" · ${sched.spent_usd:.2f} · {format_duration(time.time() - self.started_at)}")
         if sched.paused_until:
             line += f" · paused until {time.strftime('%H:%M', time.localtime(sched.paused_until))}"

@@ -1,9 +1,17 @@
 """The dispatch state machine of a run: which task to start, what a result means.
 
-Pure: no processes, no clock, no sleeping. The runner feeds it results and `now` and
-carries out what it returns; tests step it by hand. Retry and pause decisions come from
-`qw.policy`; this module applies them to the task graph (a failed task skips its
+Pure: no processes, no clock, no sleeping. The runner feeds it results, `now` and a
+snapshot of the machine, and carries out what it returns; tests step it by hand. Retry and
+pause decisions come from `qw.policy`, whether the machine has room for one more task from
+`qw.admission`; this module applies them to the task graph (a failed task skips its
 dependents; the rest of the graph goes on, as `make -k` would).
+
+Admission: a ready task starts when a worker is free and `Admission.hold` finds the machine
+has room; otherwise it waits, and `waiting` says why. Ready tasks start in document order,
+but one too big for the memory left does not hold back a smaller one behind it (the run is
+finite: the big one starts at the latest when nothing else runs). When nothing is running,
+one task always starts, whatever the machine looks like: a busy machine slows a run down,
+it never stops it.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import random
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set
 
+from qw.admission import Admission, Hold
 from qw.plan import Plan
 from qw.outcome import INTERRUPTED
 from qw.policy import Decision, decide
@@ -43,7 +52,9 @@ class Scheduler:
 
     def __init__(self, plan: Plan, targets: Iterable[str], done: Iterable[str], run,
                  *, attempts: Optional[Dict[str, int]] = None, rng: Optional[random.Random] = None,
-                 timeouts: Optional[Dict[str, float]] = None):
+                 timeouts: Optional[Dict[str, float]] = None,
+                 admission: Optional[Admission] = None,
+                 agents: Optional[Dict[str, Optional[str]]] = None):
         self.plan = plan
         self.run = run
         self.rng = rng or random.Random()
@@ -63,6 +74,16 @@ class Scheduler:
         # every running task would hit too.
         self.cancel_running = False
         self.spent_usd = 0.0
+        # Admission: the limits and learned estimates; each task's `_Agent:` (None: none).
+        self.admission = admission or Admission()
+        self.agents: Dict[str, Optional[str]] = dict(agents or {})
+        # Ready tasks held by admission at the last dispatch, and why (at most as many as
+        # there were workers left free: the rest wait for a worker, not for the machine).
+        self.waiting: Dict[str, Hold] = {}
+        # Per running task: the estimate it started with, and the RSS last seen of it. The
+        # difference is memory it may still take, which no snapshot shows yet.
+        self.estimate_at_start: Dict[str, float] = {}
+        self.rss_seen: Dict[str, float] = {}
 
     # ----- queries
 
@@ -102,26 +123,62 @@ class Scheduler:
             times.append(self.paused_until)
         return min(times) if times else None
 
+    def committed_mb(self) -> float:
+        """Memory the running tasks may still take beyond what they use now: per task, its
+        estimate minus its RSS last seen (all of it until one is seen)."""
+        return sum(max(0.0, estimate - self.rss_seen.get(tid, 0.0))
+                   for tid, estimate in self.estimate_at_start.items())
+
     # ----- decisions
 
-    def dispatch(self, now: float, free_workers: int) -> List[Dispatch]:
-        """The attempts to start now on up to `free_workers` idle workers."""
+    def dispatch(self, now: float, free_workers: int, snapshot=None) -> List[Dispatch]:
+        """The attempts to start now on up to `free_workers` idle workers, given the
+        machine as `snapshot` (a qw.probe.Snapshot; None: do not look at the machine).
+        Updates `waiting`."""
+        self.waiting = {}
         if self.stop_reason is not None or free_workers <= 0:
             return []
         if self.paused_until is not None:
             if now < self.paused_until:
                 return []
             self.paused_until = None
-        out = []
-        for tid in self.ready(now)[:free_workers]:
+        out: List[Dispatch] = []
+        committed = self.committed_mb()
+        busy = bool(self.running())
+        for tid in self.ready(now):
+            if len(out) >= free_workers:
+                break
+            agent = self.agents.get(tid)
+            hold = self.admission.hold(snapshot, agent, committed)
+            if hold is not None and (out or busy):
+                room = free_workers - len(out)   # workers this task could have had
+                if len(self.waiting) < room:
+                    self.waiting[tid] = hold
+                if hold.machine_wide and len(self.waiting) >= room:
+                    break   # every task after it waits for the same
+                continue
+            estimate = self.admission.estimate_mb(agent)
+            committed += estimate
+            self.estimate_at_start[tid] = estimate
             self.attempts[tid] = self.attempts.get(tid, 0) + 1
             self.state[tid] = RUNNING
             out.append(Dispatch(tid, self.attempts[tid], self.timeout_s[tid]))
         return out
 
-    def settle(self, task_id: str, outcome, now: float) -> Settled:
-        """Apply one attempt's outcome; returns the decision and any skipped dependents."""
+    def observe(self, task_id: str, rss_mb: float) -> None:
+        """The running task's process tree uses `rss_mb` now (from its worker)."""
+        if self.state.get(task_id) == RUNNING:
+            self.rss_seen[task_id] = rss_mb
+
+    def settle(self, task_id: str, outcome, now: float,
+               peak_rss_mb: Optional[float] = None) -> Settled:
+        """Apply one attempt's outcome; returns the decision and any skipped dependents.
+        `peak_rss_mb`, the attempt's measured peak (None: not measured), teaches the
+        memory estimate of the task's agent."""
         assert self.state.get(task_id) == RUNNING, (task_id, self.state.get(task_id))
+        self.estimate_at_start.pop(task_id, None)
+        self.rss_seen.pop(task_id, None)
+        self.admission.learn(self.agents.get(task_id), peak_rss_mb)
         self.spent_usd += outcome.cost_usd or 0.0
         if outcome.kind == INTERRUPTED:
             # Cancelled by us (Ctrl-C, a stopping run): not the task's fault; it stays

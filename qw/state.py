@@ -16,6 +16,18 @@ already done between runs is tasks.md's business (the runner reports checked tas
          │   └─► done (checked in tasks.md)                          ├─task_failed─► failed
          └───────────── retry_scheduled (next_try_at) ◄──────────────┘ (also from a verdict)
 
+`task_waiting` moves a pending task to `ready` with a `waiting` reason ("waiting for CPU:
+..."): the run would start it but the machine has no room (qw.admission); its reason None
+moves it back to pending. Only a live run's tasks wait: a view of a run that is not live
+shows them pending.
+
+Each attempt_ended may carry the attempt's `peak_rss_mb` and `cpu_s` (its process tree's
+peak resident memory and CPU seconds) and its task's `agent`: the record keeps the peak over
+attempts and the CPU summed, and the run state the last few peaks per agent
+(`memory_peaks`, qw.admission's estimates). Those outlive `run_started`: a run starts from
+what earlier ones measured (as far as the snapshot goes: a state rebuilt from a journal
+alone knows only that run's).
+
 `task_reset` (written by `qw reset`) returns a task whose attempt is not open to pending:
 soft, it clears the attempts and the error (cost and duration stay: that money was spent);
 `hard`, it forgets everything about the task.
@@ -35,6 +47,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from qw.admission import agent_key, remember
 from qw.errors import StateError
 
 PENDING, READY, RUNNING, DONE = "pending", "ready", "running", "done"
@@ -50,7 +63,7 @@ _SETTABLE = (PENDING, READY, BLOCKED, SKIPPED, DONE)
 # TaskRecord fields a snapshot keeps (progress is live-only).
 _RECORD_FIELDS = ("id", "title", "status", "attempts", "attempt", "started_at", "ended_at",
                   "duration_s", "cost_usd", "error", "outcome", "session_id", "worker",
-                  "next_try_at")
+                  "next_try_at", "waiting", "peak_rss_mb", "cpu_s")
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,9 @@ class TaskRecord:
     session_id: Optional[str] = None    # the last attempt's Claude session
     worker: Optional[int] = None        # the worker running it
     next_try_at: Optional[float] = None  # a retry is scheduled, not before this time
+    waiting: Optional[str] = None       # ready: why it has not started (the machine is busy)
+    peak_rss_mb: Optional[float] = None  # the largest peak RSS of its attempts' trees
+    cpu_s: Optional[float] = None       # CPU seconds of its attempts' trees, summed
     # Live progress of the running attempt (last_event, tool, tokens, cost so far).
     # Never journaled nor snapshotted, so left out of equality: replay == live ignores it.
     progress: Dict[str, Any] = field(default_factory=dict, compare=False)
@@ -97,6 +113,9 @@ class RunState:
         self.pause_reason: Optional[str] = None
         self.seq = 0                            # seq of the last journaled event applied
         self.tasks: Dict[str, TaskRecord] = {}  # document order
+        # {agent key: its last peaks}, kept across runs. Replaced, never changed in place:
+        # savepoint/rollback copy the run-level fields shallowly.
+        self.memory_peaks: Dict[str, List[float]] = {}
 
     # ----- the one way to change it
 
@@ -192,7 +211,17 @@ class RunState:
             error = None       # the block's reason no longer holds
         ended_at = t if status == DONE else rec.ended_at
         self.tasks[rec.id] = replace(rec, status=status, error=error, next_try_at=None,
-                                     ended_at=ended_at)
+                                     ended_at=ended_at, waiting=None)
+
+    def _task_waiting(self, e: Dict[str, Any], t: float) -> None:
+        rec = self._task(e)
+        if rec.status not in (PENDING, READY):
+            _illegal(e, rec)
+        reason = e.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise ValueError(f"task_waiting for task {rec.id}: reason {reason!r} is not text")
+        self.tasks[rec.id] = replace(rec, status=READY if reason else PENDING,
+                                     waiting=reason or None)
 
     def _attempt_started(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -204,7 +233,7 @@ class RunState:
         self.tasks[rec.id] = replace(
             rec, status=RUNNING, attempts=rec.attempts + 1, attempt=attempt,
             worker=e.get("worker"), started_at=t, ended_at=None, outcome=None,
-            session_id=None, next_try_at=None, progress={})
+            session_id=None, next_try_at=None, waiting=None, progress={})
 
     def _attempt_ended(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -218,12 +247,19 @@ class RunState:
         if duration is None:
             duration = max(0.0, t - (rec.started_at or t))
         ok = outcome == OK
+        peak, cpu = _measure(e, "peak_rss_mb"), _measure(e, "cpu_s")
         self.tasks[rec.id] = replace(
             rec, status=RUNNING if ok else FAILED, outcome=outcome,
             error=rec.error if ok else (e.get("message") or outcome),
             duration_s=rec.duration_s + float(duration),
             cost_usd=rec.cost_usd + float(e.get("cost_usd") or 0.0),
-            session_id=e.get("session_id"), worker=None, ended_at=t, progress={})
+            session_id=e.get("session_id"), worker=None, ended_at=t, progress={},
+            peak_rss_mb=rec.peak_rss_mb if peak is None else max(rec.peak_rss_mb or 0.0, peak),
+            cpu_s=rec.cpu_s if cpu is None else round((rec.cpu_s or 0.0) + cpu, 3))
+        if peak is not None and peak > 0:
+            key = agent_key(e.get("agent"))
+            self.memory_peaks = dict(self.memory_peaks)
+            self.memory_peaks[key] = remember(self.memory_peaks.get(key, ()), peak)
 
     def _task_done(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -255,7 +291,7 @@ class RunState:
         if rec.status == DONE:
             _illegal(e, rec)   # only a hard reset forgets that a task was done
         self.tasks[rec.id] = replace(rec, status=PENDING, attempts=0, attempt=0, error=None,
-                                     outcome=None, next_try_at=None, worker=None)
+                                     outcome=None, next_try_at=None, worker=None, waiting=None)
 
     def _task_progress(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -276,28 +312,47 @@ class RunState:
     # ----- reading
 
     def view(self, live: bool = False) -> Dict[str, Any]:
-        """The `qw status --json` shape (DESIGN §4); `live` is the caller's to say."""
+        """The `qw status --json` shape (DESIGN §4); `live` is the caller's to say.
+
+        A task entry has `waiting` while it is ready and waits for room on the machine,
+        and `peak_rss_mb` (MB, its attempts' largest) and `cpu_s` (summed) once one of its
+        attempts was measured. The totals have the largest peak of any task (None: none
+        measured) and the CPU seconds of all."""
         tasks = []
         counts = dict.fromkeys(STATUSES, 0)
-        cost = duration = 0.0
+        cost = duration = cpu = 0.0
         attempts = 0
+        peak: Optional[float] = None
         for rec in self.tasks.values():
-            counts[rec.status] += 1
+            status, waiting = rec.status, rec.waiting
+            if status == READY and not live:
+                status, waiting = PENDING, None   # nothing waits without a live run
+            counts[status] += 1
             cost += rec.cost_usd
             duration += rec.duration_s
             attempts += rec.attempts
-            tasks.append({"id": rec.id, "title": rec.title, "status": rec.status,
-                          "attempts": rec.attempts, "duration_s": round(rec.duration_s, 3),
-                          "cost_usd": round(rec.cost_usd, 6), "error": rec.error,
-                          "outcome": rec.outcome, "next_try_at": rec.next_try_at,
-                          "progress": dict(rec.progress)})
+            cpu += rec.cpu_s or 0.0
+            if rec.peak_rss_mb is not None:
+                peak = max(peak or 0.0, rec.peak_rss_mb)
+            entry = {"id": rec.id, "title": rec.title, "status": status,
+                     "attempts": rec.attempts, "duration_s": round(rec.duration_s, 3),
+                     "cost_usd": round(rec.cost_usd, 6), "error": rec.error,
+                     "outcome": rec.outcome, "next_try_at": rec.next_try_at,
+                     "progress": dict(rec.progress)}
+            for key, value in (("waiting", waiting), ("peak_rss_mb", rec.peak_rss_mb),
+                               ("cpu_s", rec.cpu_s)):
+                if value is not None:
+                    entry[key] = value
+            tasks.append(entry)
         totals = {"tasks": len(tasks), **counts, "cost_usd": round(cost, 6),
-                  "duration_s": round(duration, 3), "attempts": attempts}
+                  "duration_s": round(duration, 3), "attempts": attempts,
+                  "cpu_s": round(cpu, 3), "peak_rss_mb": peak}
         return {"spec": self.spec, "run_id": self.run_id, "live": live,
                 "started_at": self.started_at, "ended_at": self.ended_at,
                 "run_status": self.run_status, "exit_code": self.exit_code,
                 "tasks": tasks, "totals": totals, "paused_until": self.paused_until,
-                "pause_reason": self.pause_reason, "stop_reason": self.stop_reason}
+                "pause_reason": self.pause_reason, "stop_reason": self.stop_reason,
+                "memory_peaks": {k: list(v) for k, v in self.memory_peaks.items()}}
 
     def to_snapshot(self) -> Dict[str, Any]:
         """Everything but live progress, as JSON-able data; `from_snapshot` reads it back."""
@@ -306,6 +361,7 @@ class RunState:
                 "run_status": self.run_status, "exit_code": self.exit_code,
                 "stop_reason": self.stop_reason, "paused_until": self.paused_until,
                 "pause_reason": self.pause_reason, "seq": self.seq,
+                "memory_peaks": {k: list(v) for k, v in self.memory_peaks.items()},
                 "tasks": [{name: getattr(rec, name) for name in _RECORD_FIELDS}
                           for rec in self.tasks.values()]}
 
@@ -322,6 +378,7 @@ class RunState:
                          "stop_reason", "paused_until", "pause_reason"):
                 setattr(state, name, data.get(name))
             state.seq = int(data.get("seq") or 0)
+            state.memory_peaks = _peaks(data.get("memory_peaks") or {})
             for item in data["tasks"]:
                 rec = TaskRecord(**{name: item[name] for name in _RECORD_FIELDS if name in item})
                 if rec.status not in STATUSES:
@@ -402,6 +459,7 @@ _HANDLERS = {
     "run_paused": RunState._run_paused,
     "run_ended": RunState._run_ended,
     "task_reset": RunState._task_reset,
+    "task_waiting": RunState._task_waiting,
     "task_progress": RunState._task_progress,
 }
 EVENT_TYPES = tuple(_HANDLERS)
@@ -446,6 +504,28 @@ def mark_checked_done(state: RunState, checked: Iterable[str], now: float) -> Li
 def _interrupted(rec: TaskRecord, t: float) -> TaskRecord:
     return replace(rec, status=PENDING, error=INTERRUPTED, outcome=INTERRUPTED, worker=None,
                    ended_at=t, next_try_at=None, progress={})
+
+
+def _measure(event: Dict[str, Any], key: str) -> Optional[float]:
+    """The event's number at `key`: None when absent or null, ValueError when not a number."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{event.get('type')} event: bad {key} {value!r}")
+    return float(value)
+
+
+def _peaks(data: Any) -> Dict[str, List[float]]:
+    """A snapshot's memory_peaks, checked (ValueError/TypeError when malformed)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"memory_peaks is not a map: {data!r}")
+    out = {}
+    for key, values in data.items():
+        if not isinstance(values, list):
+            raise ValueError(f"memory_peaks entry {key!r} is not a list of numbers")
+        out[key] = [float(v) for v in values]
+    return out
 
 
 def _need(event: Dict[str, Any], key: str) -> Any:

@@ -180,8 +180,12 @@ def make_repo(root: Path, claude: str, directives: Optional[Dict[str, Sequence[s
         f".claude/specs/{SPEC}/tasks.md": tasks_md(directives),
         f".claude/specs/{SPEC}/requirements.md": REQUIREMENTS_MD,
         f".claude/specs/{SPEC}/design.md": DESIGN_MD,
+        # [resources]: the tests measure qw's concurrency, not this machine's load (other
+        # suites run beside them); cpu_limit_percent = 100 never holds a task.
         "qw.toml": (f"[claude]\ncommand = {json.dumps(claude)}\n"
-                    'allowed_tools = ["Bash"]\n\n' + config),
+                    'allowed_tools = ["Bash"]\n\n'
+                    "[resources]\ncpu_limit_percent = 100\nmemory_limit_percent = 100\n"
+                    "memory_reserve_mb = 0\nper_task_memory_mb = 0\n\n" + config),
         ".gitignore": ".qw/\n",
     }
     files.update({f".claude/agents/{name}.md": agent_file(name) for name in AGENTS})

@@ -32,6 +32,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_CLAUDE = Path(__file__).resolve().parent / "fakeclaude.py"
 RUN_BOUND = 60.0     # seconds any one `qw` command may take before the test fails
+# [resources] that never hold a task back (qw.admission counts the load as at most 100%).
+NO_LIMITS = ("cpu_limit_percent = 100\nmemory_limit_percent = 100\nmemory_reserve_mb = 0\n"
+             "per_task_memory_mb = 0\n")
 LEFTOVER_BOUND = 15.0
 
 
@@ -177,10 +180,14 @@ class QwRepo:
 
     # files
 
-    def configure(self, run: str = "", claude: str = "", spec: str = "") -> None:
-        """Write qw.toml: fast retries, the fake claude, plus the given section bodies."""
+    def configure(self, run: str = "", claude: str = "", spec: str = "",
+                  resources: str = NO_LIMITS) -> None:
+        """Write qw.toml: fast retries, the fake claude, plus the given section bodies.
+        [resources] holds nothing unless a test says otherwise: the machines tests run on
+        are often busier than qw's default limits allow, and would run one task at a time."""
         text = (f'[run]\nretry_backoff = "0.1s"\nmax_concurrent = 2\n{run}\n'
-                f'[claude]\ncommand = "{self.claude}"\n{claude}\n')
+                f'[claude]\ncommand = "{self.claude}"\n{claude}\n'
+                f'[resources]\n{resources}\n')
         if spec:
             text += f"[spec]\n{spec}\n"
         (self.root / "qw.toml").write_text(text)
@@ -346,3 +353,88 @@ def overlap(events: List[dict]) -> int:
         now += step
         most = max(most, now)
     return most
+
+
+# ----- fault injection (tests/test_faults.py): file system moments, a small disk
+
+
+class FileEvents:
+    """Linux inotify, through ctypes: the moment a file is created, written or renamed
+    into place in a watched directory (so that a kill can land right after a write)."""
+
+    MODIFY, OPEN, MOVED_TO, CREATE, ISDIR = 0x2, 0x20, 0x80, 0x100, 0x40000000
+
+    def __init__(self):
+        import ctypes
+
+        self._ctypes = ctypes
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.inotify_init1(os.O_CLOEXEC | os.O_NONBLOCK)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+        self._dirs: Dict[int, str] = {}
+
+    def watch(self, directory: Path, mask: int) -> None:
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(str(directory)), mask)
+        if wd < 0:
+            raise OSError(self._ctypes.get_errno(), f"inotify_add_watch {directory} failed")
+        self._dirs[wd] = str(directory)
+
+    def read(self, timeout: float) -> List[tuple]:
+        """(directory, name, mask) of each event, waiting at most `timeout` for the first."""
+        import select
+        import struct
+
+        if not select.select([self.fd], [], [], timeout)[0]:
+            return []
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return []
+        out, at = [], 0
+        while at < len(data):   # struct inotify_event: wd, mask, cookie, len, name[len]
+            wd, mask, _cookie, size = struct.unpack_from("iIII", data, at)
+            name = data[at + 16:at + 16 + size].rstrip(b"\0").decode()
+            out.append((self._dirs.get(wd, "?"), name, mask))
+            at += 16 + size
+        return out
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class MountNamespace:
+    """A tmpfs of `size` at `mountpoint`, mounted in a private mount namespace (unshare -m)
+    so that no mount is left on the machine whatever happens: a `cat` reading a pipe from
+    this process holds the namespace, and ends with it. Commands run inside through
+    nsenter (`qw_in`); this process sees the files through /proc/<pid>/root (`path`).
+    Skips the test, saying why, where no namespace or tmpfs can be had."""
+
+    def __init__(self, mountpoint: Path, size: str):
+        script = 'mount -t tmpfs -o "size=$1" tmpfs "$0" && echo mounted && exec cat >/dev/null'
+        try:
+            self.proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                 str(mountpoint), size], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+        except OSError as error:
+            pytest.skip(f"cannot start unshare: {error}")
+        if self.proc.stdout.readline().strip() != b"mounted":   # or EOF: sh gave up
+            reason = self.proc.stderr.read().decode(errors="replace").strip()
+            self.proc.wait(timeout=30)
+            pytest.skip(f"cannot mount a tmpfs in a private mount namespace: {reason}")
+
+    def qw_in(self, cwd: Path) -> Qw:
+        """`python -m qw` inside the namespace, started in `cwd` (nsenter leaves it at /)."""
+        return Qw("module in a mount namespace",
+                  ["nsenter", "-t", str(self.proc.pid), "-m", "--", "sh", "-c",
+                   'cd "$0" && exec "$@"', str(cwd), sys.executable, "-m", "qw"],
+                  pythonpath=str(REPO_ROOT))
+
+    def path(self, path: Path) -> Path:
+        """`path` as this process sees it inside the namespace."""
+        return Path(f"/proc/{self.proc.pid}/root{path}")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)

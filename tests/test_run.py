@@ -688,3 +688,134 @@ def test_a_run_started_right_after_a_killed_one_sweeps_its_leftovers(repo):
     assert re.search(r"killed \d+ process(es)? left by the previous run", done.out), done
     assert not alive(stubborn["pid"])
     assert repo.tasks_md.read_text().startswith("- [x] 1.")
+
+
+# ----- resources: admission and measurement
+
+# [resources] no machine can meet: every task waits, yet one at a time they all run.
+HOPELESS = ("cpu_limit_percent = 1\nmemory_limit_percent = 1\n"
+            "memory_reserve_mb = 1000000000\nper_task_memory_mb = 1000000000\n")
+
+
+def test_an_attempts_peak_memory_and_cpu_time_are_measured(repo):
+    # The tree measured is the guard's: the guard and the fake's interpreter add 20-30 MB
+    # to the 300 MB the child holds (about 10%), well inside the 20% allowed.
+    repo.write_tasks("""
+- [ ] 1. Holds 300 MB for a second
+  - FAKE: alloc 300
+""")
+    done = repo.run("run", "s")
+    assert done.code == 0, done
+    (task,) = repo.status()["tasks"]
+    assert 300 * 0.8 <= task["peak_rss_mb"] <= 300 * 1.2, task
+    assert task["cpu_s"] > 0
+    (ended,) = attempts_ended(repo, "1")
+    assert (ended["peak_rss_mb"], ended["cpu_s"]) == (task["peak_rss_mb"], task["cpu_s"])
+    assert re.search(r"done  1 in [\d.]+s, \$0\.0100, peak \d+ MB", done.out), done
+    assert "peak MB" in done.out and f"peak {task['peak_rss_mb']:.0f} MB" in done.out
+
+
+def test_limits_no_machine_meets_run_tasks_one_at_a_time_and_say_why(repo):
+    repo.configure(resources="cpu_limit_percent = 100\nmemory_limit_percent = 100\n"
+                             "memory_reserve_mb = 1000000000\nper_task_memory_mb = 0\n")
+    repo.write_tasks("""
+- [ ] 1. One
+  - FAKE: sleep 0.3
+  - _Depends: none_
+- [ ] 2. Two
+  - FAKE: sleep 0.3
+  - _Depends: none_
+- [ ] 3. Three
+  - FAKE: sleep 0.3
+  - _Depends: none_
+""")
+    done = repo.run("run", "s", "-j", "3")
+    assert done.code == 0, done
+    assert "3/3 done" in done.out
+    assert overlap(repo.events()) == 1
+    # One line when tasks first wait, not one per look at the machine.
+    waits = [line for line in done.out.splitlines() if " wait  " in line]
+    assert len(waits) == 1, done
+    assert re.search(r"wait  2, 3: waiting for memory: \d+ MB available .*- 1000000000 MB "
+                     r"reserve < 0 MB estimate", waits[0]), waits
+    recorded = [e for e in repo.journal() if e["type"] == "task_waiting"]
+    assert {e["task"] for e in recorded} == {"2", "3"}
+    assert all(t["status"] == "done" and "waiting" not in t for t in repo.status()["tasks"])
+
+
+def test_status_shows_why_a_ready_task_waits_while_the_run_is_live(repo):
+    repo.configure(resources=HOPELESS)
+    repo.write_tasks("""
+- [ ] 1. Held
+  - FAKE: wait-file go
+  - _Depends: none_
+- [ ] 2. Free, but the machine is not
+  - _Depends: none_
+""")
+    proc = repo.start("run", "s", "-j", "2")
+    repo.wait_event(lambda e: e["event"] == "start", "task 1 to start")
+    live = {t["id"]: t for t in repo.status()["tasks"]}
+    assert (live["1"]["status"], live["2"]["status"]) == ("running", "ready"), live
+    assert live["2"]["waiting"].startswith("waiting for "), live["2"]
+    table = repo.run("status", "s")
+    assert re.search(r"^2 +ready .*waiting for ", table.out, re.M), table
+    repo.release("go")
+    done = repo.finish(proc)
+    assert done.code == 0, done
+    assert re.search(r"wait  2: waiting for ", done.out), done
+    assert overlap(repo.events()) == 1
+
+
+def test_memory_learned_in_one_run_sizes_tasks_in_the_next(repo):
+    repo.write_tasks("""
+- [ ] 1. Measured
+  - FAKE: alloc 300
+""")
+    assert repo.run("run", "s").code == 0
+    (learned,) = repo.status()["memory_peaks"][""]
+    assert learned >= 240
+    # Unmeasured, a task would count 10^9 MB and wait for memory while another runs; the
+    # ~300 MB learned above fits, so task 3 starts while task 2 is still running.
+    repo.configure(resources="per_task_memory_mb = 1000000000\nmemory_reserve_mb = 0\n"
+                             "cpu_limit_percent = 100\nmemory_limit_percent = 100\n")
+    repo.write_tasks("""
+- [x] 1. Measured
+- [ ] 2. Held
+  - FAKE: wait-file go
+  - _Depends: none_
+- [ ] 3. Beside it
+  - _Depends: none_
+""")
+    proc = repo.start("run", "s", "-j", "2")
+    repo.wait_event(lambda e: e["event"] == "end" and e["task"] == "3",
+                    "task 3 to run beside task 2")
+    repo.release("go")
+    done = repo.finish(proc)
+    assert done.code == 0, done
+    assert "waiting for" not in done.out
+    assert len(repo.status()["memory_peaks"][""]) == 3    # both runs' measurements
+
+
+def test_debug_writes_a_json_log_with_ids_and_every_run_leaves_a_report(repo):
+    repo.write_tasks("""
+- [ ] 1. One
+  - FAKE: fail-first 1 529
+- [ ] 2. Two
+  - _Depends: 1_
+""")
+    done = repo.run("run", "s", "--debug")
+    assert done.code == 0, done
+    (run_id,) = repo.runs()
+    run_dir = repo.root / ".qw" / "runs" / run_id
+    lines = [json.loads(line) for line in (run_dir / "debug.jsonl").read_text().splitlines()]
+    assert lines and all(line["run_id"] == run_id for line in lines)
+    attempts = [line for line in lines if line["msg"] in ("attempt_started", "attempt_ended")]
+    assert {(line["task_id"], line["attempt"]) for line in attempts} == {("1", 1), ("1", 2),
+                                                                          ("2", 1)}
+    report = (run_dir / "report.html").read_text()
+    assert "<svg" in report and "One" in report and "Two" in report
+    # Without --debug there is no debug log, but still a report.
+    repo.write_tasks("- [ ] 1. Again\n")
+    assert repo.run("run", "s").code == 0
+    latest = repo.root / ".qw" / "runs" / repo.runs()[-1]
+    assert (latest / "report.html").exists() and not (latest / "debug.jsonl").exists()
