@@ -165,9 +165,9 @@ def _default_phase(spec: str, texts: Dict[str, Optional[str]], done: set) -> str
             return phase
     if not any(text is not None for text in texts.values()):
         raise SpecError(f"spec {spec!r} has no documents to approve yet", f"qw approve {spec}",
-                        f"write them first: `qw workflow {spec}`")
+                        f"write them first in .claude/specs/{spec}/")
     raise UsageError(f"every document of spec {spec!r} is approved already",
-                     f"qw approve {spec}", f"carry on with `qw workflow {spec}`")
+                     f"qw approve {spec}", f"carry on with `qw run {spec}`")
 
 
 def _check_approvable(spec: str, phase: str, document: str,
@@ -175,7 +175,7 @@ def _check_approvable(spec: str, phase: str, document: str,
     text = texts[phase]
     if text is None:
         raise SpecError(f"there is no {DOCUMENT_FILES[phase]} to approve", document,
-                        f"write it first: `qw workflow {spec}`")
+                        f"write it first: {document}")
     order = DOCUMENT_PHASES.index(phase)
     for earlier in DOCUMENT_PHASES[:order]:
         if texts[earlier] is not None and earlier not in done:
@@ -186,8 +186,7 @@ def _check_approvable(spec: str, phase: str, document: str,
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SpecError(f"{DOCUMENT_FILES[phase]} does not validate: {problems[0]}{more}",
-                        document, f"fix it, or let `qw workflow {spec}` rewrite it; "
-                        f"`qw validate {spec}` lists every problem")
+                        document, f"fix it; `qw validate {spec}` lists every problem")
 
 
 def read_facts(repo: str, spec: str, auto_approve: bool = False) -> SpecFacts:

@@ -218,6 +218,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from qw.dashboard import banner, serve
 
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0 to 65535, got {args.port}", "qw dashboard",
+                         "give a free port, or 0 to let the system pick one")
     server = serve(repo_of(args), host=args.host, port=args.port, token=args.token,
                    config_file=args.config)
     print(banner(server), flush=True)

@@ -415,7 +415,9 @@ def _convert(key: Key, value: object, from_text: bool) -> object:
                 seconds = float(value)     # a TOML number is seconds
             else:
                 seconds = parse_duration(value)
-        except ValueError:
+            if not math.isfinite(seconds):   # nan would make every deadline unreachable
+                raise ValueError(value)
+        except (ValueError, OverflowError):
             raise _Invalid(f"must be a duration, got {_shown(value)}",
                            "write a duration such as 90, 90s, 30m or 2h") from None
         return _in_range(key, seconds, _shown(value))

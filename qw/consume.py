@@ -8,7 +8,7 @@
     .qw/locks/consume.lock          one consumer at a time
 
 The file is input from anywhere (a model, a person, a script), so it is parsed, never run:
-shell metacharacters refuse it outright, then shlex splits it and only `qw workflow SPEC`,
+shell metacharacters refuse it outright, then shlex splits it and only
 `qw approve SPEC [PHASE]` and `qw run SPEC` for a spec that exists pass, spelled `qw ...`,
 `python <path>/qw.pyz ...` or `python -m qw ...`, with no options. What passes reaches qw
 through `runner`, a callable taking qw's argv and returning its exit code (qw's own CLI,
@@ -41,7 +41,7 @@ MAX_COMMAND_LENGTH = 1000
 # alone refuses the suggestion, before any parsing could be talked into something else.
 METACHARACTERS = set(";|&$><`\n\r\x00")
 # Commands and how many arguments after SPEC each takes.
-ALLOWED = {"workflow": (0, 0), "run": (0, 0), "approve": (0, 1)}
+ALLOWED = {"run": (0, 0), "approve": (0, 1)}   # `workflow` joins when it exists
 _PYTHON = re.compile(r"^(?:python(?:\d+(?:\.\d+)*)?|py)(?:\.exe)?$", re.IGNORECASE)
 
 NOTHING, RAN, FAILED, REFUSED = "nothing", "ran", "failed", "refused"
@@ -83,7 +83,7 @@ def parse_command(text: str, specs: Sequence[str]) -> Tuple[str, ...]:
     if found:
         shown = " ".join(repr(c) for c in found)
         raise UsageError(f"shell metacharacters ({shown}) in the suggestion", where,
-                         "only `qw workflow|approve|run SPEC` is ever run, never a shell")
+                         "only `qw approve|run SPEC` is ever run, never a shell")
     try:
         words = shlex.split(line, posix=os.name != "nt")
     except ValueError as error:
@@ -97,7 +97,7 @@ def parse_command(text: str, specs: Sequence[str]) -> Tuple[str, ...]:
                          "are run")
     if not rest:
         raise UsageError("no qw command in the suggestion", where,
-                         "expected `qw workflow|approve|run SPEC`")
+                         "expected `qw approve|run SPEC`")
     command, args = rest[0], rest[1:]
     if command not in ALLOWED:
         raise UsageError(f"qw {command} is not a workflow command", where,

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 
 from qw.commands import repo_of
-from qw.errors import EXIT_OK, EXIT_USAGE
+from qw.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
@@ -61,8 +61,38 @@ def cmd_consume(args: argparse.Namespace) -> int:
         if result.action == FAILED:
             return result.exit_code or 1
         return EXIT_OK
-    stop = threading.Event()
+    if not args.interval > 0:
+        raise UsageError(f"--interval must be more than 0 seconds, got {args.interval:g}",
+                         "qw consume --watch", "give the seconds between looks, e.g. 5")
+    stop = _SignalFlag()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return consume_watch(repo, main, args.interval, stop,
-                         on_result=lambda r: print(r.line(), flush=True))
+        signal.signal(sig, stop.handler)
+    consume_watch(repo, main, args.interval, stop,
+                  on_result=lambda r: print(r.line(), flush=True))
+    return EXIT_INTERRUPTED   # it runs until Ctrl-C or SIGTERM, like every qw stop by signal
+
+
+class _SignalFlag:
+    """The stop_event consume_watch waits on, set by a signal handler.
+
+    A threading.Event would deadlock: the handler runs on the main thread, which may be
+    inside Event.wait holding the Event's own lock. The handler only records the signal;
+    waits are short sleeps that look at it (so a stop takes effect within STEP_S).
+    """
+
+    STEP_S = 0.2
+
+    def __init__(self):
+        self.signals = []
+
+    def handler(self, signum, frame) -> None:
+        self.signals.append(signum)
+
+    def is_set(self) -> bool:
+        return bool(self.signals)
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self.signals and time.monotonic() < deadline:
+            time.sleep(min(self.STEP_S, max(0.0, deadline - time.monotonic())))
+        return bool(self.signals)

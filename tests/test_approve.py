@@ -125,7 +125,7 @@ def test_an_invalid_document_is_refused_with_its_problem_and_left_alone(tmp_path
         approve(str(tmp_path), "demo", "requirements")
     message = str(raised.value)
     assert "requirements.md does not validate: requirement 1 has no user story" in message
-    assert "requirements.md:3" in message and "qw workflow demo" in message
+    assert "requirements.md:3" in message and "qw validate demo" in message
     assert (folder / "requirements.md").read_text() == broken
     assert approvals(str(tmp_path), "demo") == {}
 

@@ -79,3 +79,29 @@ def test_consume_runs_an_allowed_suggestion_and_deletes_it(repo):
     assert done.stdout.splitlines()[-1].startswith("ran `qw approve example requirements`")
     assert not (repo / ".claude" / "next_command.txt").exists()
     assert "✅ APPROVED" in (repo / ".claude" / "specs" / "example" / "requirements.md").read_text()
+
+
+def test_consume_watch_stops_on_sigterm_and_frees_its_lock(repo):
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "qw", "consume", "--watch", "--interval",
+                             "0.05"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    lock = repo / ".qw" / "locks" / "consume.lock"
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)   # polling another process's file: nothing to wait on
+    time.sleep(0.3)        # let it get into its wait: the signal must end the wait itself
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert qw(repo, "consume").returncode == 0          # the lock was released
+
+
+def test_bad_interval_and_port_are_one_line_errors(repo):
+    for args in (["consume", "--watch", "--interval", "0"], ["dashboard", "--port", "99999"]):
+        done = qw(repo, *args)
+        assert done.returncode == 2 and done.stderr.startswith("qw: error: ")
+        assert "Traceback" not in done.stderr

@@ -403,3 +403,10 @@ def test_file_that_is_not_utf8(tmp_path):
 def test_byte_order_mark_is_accepted(tmp_path):
     (tmp_path / "qw.toml").write_bytes(b"\xef\xbb\xbf[run]\nmax_retries = 1\n")
     assert load_config(str(tmp_path), env={}).run.max_retries == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
+def test_a_duration_that_is_not_finite_is_refused(tmp_path, value):
+    (tmp_path / "qw.toml").write_text(f"[run]\ntimeout = {value}\n")
+    with pytest.raises(ConfigError, match=r"\[run\] timeout must be a duration.*qw.toml:2"):
+        load_config(str(tmp_path), env={})

@@ -52,13 +52,13 @@ def log_entries(repo: Path):
 
 
 @pytest.mark.parametrize("text, argv", [
-    ("qw workflow demo\n", ["workflow", "demo"]),
+    ("qw run demo\n", ["run", "demo"]),
     ("qw approve demo\n", ["approve", "demo"]),
     ("qw approve other design", ["approve", "other", "design"]),
     ("qw run demo", ["run", "demo"]),
     ("python /opt/my tools/qw.pyz run demo", None),      # unquoted space: not qw.pyz
     ("python '/opt/my tools/qw.pyz' run demo", ["run", "demo"]),
-    ("python3.11 /abs/qw.pyz workflow demo", ["workflow", "demo"]),
+    ("python3.11 /abs/qw.pyz run demo", ["run", "demo"]),
     ("/usr/bin/python3 -m qw approve demo tasks", ["approve", "demo", "tasks"]),
     ("  qw   run   demo  \n\n", ["run", "demo"]),
 ])
@@ -90,7 +90,8 @@ def test_allowed_commands_run_through_the_seam_and_the_file_is_deleted(repo, tex
     ("qw reset demo", "qw reset is not a workflow command"),
     ("qw backup restore x", "qw backup is not a workflow command"),
     ("qw run demo --dry-run", "unexpected option --dry-run"),
-    ("qw workflow demo --repo /", "unexpected option --repo"),
+    ("qw run demo --repo /", "unexpected option --repo"),
+    ("qw workflow demo", "workflow"),
     ("qw run demo extra", "qw run takes SPEC, got 2 argument(s)"),
     ("qw approve demo everything", "unknown phase 'everything'"),
     ("qw", "no qw command in the suggestion"),
@@ -161,9 +162,9 @@ def test_bad_input_is_not_retried_and_a_crashing_runner_is_a_failure(repo):
 
 def test_a_new_suggestion_written_during_the_run_is_kept_for_next_time(repo):
     path = suggest(repo, "qw run demo\n")
-    runner = Recorder(0, then=lambda: path.write_text("qw workflow demo\n"))
+    runner = Recorder(0, then=lambda: path.write_text("qw approve demo design\n"))
     assert consume_once(str(repo), runner, sleep=lambda s: None).action == RAN
-    assert path.read_text() == "qw workflow demo\n"
+    assert path.read_text() == "qw approve demo design\n"
 
 
 def test_a_second_consumer_is_refused_while_one_watches(repo):
@@ -174,7 +175,7 @@ def test_a_second_consumer_is_refused_while_one_watches(repo):
         consume_watch(str(repo), runner, 0.01, stop, backoff=(0.0,))))
     watcher.start()
     try:
-        suggest(repo, "qw workflow demo\n")
+        suggest(repo, "qw run demo\n")
         assert runner.called.wait(WAIT_S), "the watcher never ran the suggestion"
         with pytest.raises(LockHeld) as raised:
             consume_once(str(repo), Recorder())
@@ -185,7 +186,7 @@ def test_a_second_consumer_is_refused_while_one_watches(repo):
         watcher.join(WAIT_S)
     assert not watcher.is_alive(), "the watcher did not stop"
     assert handled == [1]
-    assert runner.calls == [["workflow", "demo", "--repo", str(repo)]]
+    assert runner.calls == [["run", "demo", "--repo", str(repo)]]
     # the lock went with the watcher
     assert consume_once(str(repo), Recorder()).action == NOTHING
 

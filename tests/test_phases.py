@@ -124,15 +124,15 @@ def test_the_order_of_phases():
 
 @pytest.mark.parametrize("phase, step, command", [
     (STEERING, START, None),
-    (REQUIREMENTS, WRITE, "qw workflow demo"),
-    (REQUIREMENTS, FIX, "qw workflow demo"),
+    (REQUIREMENTS, WRITE, None),
+    (REQUIREMENTS, FIX, None),
     (REQUIREMENTS, APPROVE, "qw approve demo requirements"),
     (DESIGN, APPROVE, "qw approve demo design"),
     (TASKS, APPROVE, "qw approve demo tasks"),
-    (TASKS, WRITE, "qw workflow demo"),
+    (TASKS, WRITE, None),
     (IMPLEMENTATION, RUN, "qw run demo"),
-    (TESTING, RUN, "qw workflow demo"),
-    (REVIEW, RUN, "qw workflow demo"),
+    (TESTING, RUN, None),
+    (REVIEW, RUN, None),
     (COMPLETE, DONE, None),
 ])
 def test_next_command_for_each_phase(phase, step, command):
@@ -145,10 +145,10 @@ def test_a_spec_name_with_a_space_is_quoted():
 
 @pytest.mark.parametrize("position, suggestion", [
     (Position(REQUIREMENTS, APPROVE, ""), "qw approve demo requirements"),
-    (Position(DESIGN, WRITE, ""), "qw workflow demo"),      # requirements approved
+    (Position(DESIGN, WRITE, ""), None),      # requirements approved
     (Position(IMPLEMENTATION, RUN, ""), "qw run demo"),     # tasks approved
-    (Position(TESTING, RUN, ""), "qw workflow demo"),       # every task checked
-    (Position(REVIEW, RUN, ""), "qw workflow demo"),        # tests passed
+    (Position(TESTING, RUN, ""), None),       # every task checked
+    (Position(REVIEW, RUN, ""), None),        # tests passed
     (Position(REQUIREMENTS, WRITE, ""), None),              # nothing complete yet
     (Position(DESIGN, FIX, ""), None),                      # someone may be editing it
     (Position(STEERING, START, ""), None),
