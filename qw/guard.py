@@ -2,7 +2,7 @@
 
 This module runs in its own process, started per task by `qw.proctree`:
 
-    python -I -S -c "...; from qw.guard import main; sys.exit(main(sys.argv[2:]))" PKGROOT \\
+    python -I -S -c "...; from qw.guard import main; os._exit(main(sys.argv[2:]))" PKGROOT \\
         --ctrl FD --grace SECONDS --exe PATH -- ARGV...
 
 so it imports nothing but the standard library's smallest modules (os, sys, signal, select,

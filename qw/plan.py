@@ -117,23 +117,6 @@ class Plan:
         raise UsageError(f"unknown task {task_id}", self.path,
                          "use an id from this tasks.md (`qw plan SPEC` lists them)")
 
-    def group_done(self, group_id: str, done: Iterable[str]) -> bool:
-        """Whether every runnable task of the group is done."""
-        done = set(done)
-        return all(leaf in done for leaf in self.leaves(group_id))
-
-    def groups_completed_by(self, task_id: str, done: Iterable[str]) -> List[str]:
-        """The groups (innermost first) whose last open task is `task_id`: the boxes
-        to check once it is done, given that the tasks in `done` already are."""
-        finished = set(done)
-        finished.add(task_id)
-        completed = []
-        for group_id in self.ancestors[self.leaves(task_id)[0]]:
-            if not all(leaf in finished for leaf in self.groups[group_id]):
-                break  # an enclosing group holds this one, so it cannot be complete either
-            completed.append(group_id)
-        return completed
-
     def to_json(self) -> dict:
         """The plan as built-in types, for `qw plan SPEC --json`."""
         return {
@@ -172,12 +155,6 @@ def normalise_path(path: str) -> str:
     while path.startswith("./"):
         path = path[2:]
     return path.rstrip("/")
-
-
-def paths_match(a: str, b: str) -> bool:
-    """Whether two normalised paths may name the same file: equal, or the shorter is a
-    tail of the longer at a "/" (a title's "FeatureModel.ts" and src/models/FeatureModel.ts)."""
-    return a == b or a.endswith("/" + b) or b.endswith("/" + a)
 
 
 def _check_mode(key: str, value: str, allowed: Sequence[str]) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import multiprocessing
-import multiprocessing.connection
 import os
 import queue
 import shutil
@@ -216,20 +214,6 @@ def kill_marked(run_id: str, task_id: Optional[str] = None) -> list:
                 continue
             killed.append(pid)
     return killed
-
-
-def start_parent_watch(on_death: Callable[[], None]) -> Optional[threading.Thread]:
-    """Call `on_death()` from a daemon thread when the process that started this one (with
-    multiprocessing) dies, however it died. None when there is no such parent."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return None
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        on_death()
-
-    return _daemon(watch, name="parent-watch")
 
 
 def _daemon(target: Callable, *args, name: str) -> threading.Thread:

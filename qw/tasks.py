@@ -460,25 +460,6 @@ def checkbox_marks(text: str, path: str = "tasks.md") -> Dict[str, Tuple[str, in
             for block in _scan(text, path)}
 
 
-def with_marks(text: str, marks: Dict[str, str], path: str = "tasks.md") -> str:
-    """`text` with each task's mark set as `marks` says, every other character kept; one scan
-    of the text whatever the number of marks. SpecError for a task that is not there."""
-    for mark in marks.values():
-        if mark not in MARKS:
-            raise ValueError(f"mark must be one of {sorted(MARKS)!r}, not {mark!r}")
-    found = checkbox_marks(text, path)
-    chars = None
-    for task_id, mark in marks.items():
-        if task_id not in found:
-            raise SpecError(f"task {task_id} not found", path,
-                            "the file was edited during the run: check its task numbers")
-        current, offset = found[task_id]
-        if current != mark:
-            chars = chars if chars is not None else list(text)
-            chars[offset] = mark
-    return text if chars is None else "".join(chars)
-
-
 def set_checkbox(text: str, task_id: str, mark: str, path: str = "tasks.md") -> str:
     """`text` with task `task_id`'s checkbox mark set to `mark` and every other character kept.
 

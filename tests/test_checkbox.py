@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from qw.errors import SpecError
-from qw.tasks import checkbox_marks, parse_tasks, set_checkbox, with_marks
+from qw.tasks import checkbox_marks, parse_tasks, set_checkbox
 
 SPECS = Path(__file__).parent / "fixtures" / "specs"
 MARKS = (" ", "x", "-", "~")
@@ -139,20 +139,8 @@ def test_marks_other_than_the_four_are_a_programming_error(mark):
 
 
 @pytest.mark.parametrize("seed", range(50))
-def test_with_marks_sets_many_boxes_in_one_pass_like_set_checkbox_one_by_one(seed):
-    rng = random.Random(seed)
-    text, tasks = generate(rng)
-    marks = {task_id: rng.choice(" x-~") for task_id in tasks if rng.random() < 0.6}
-    one_by_one = text
-    for task_id, mark in marks.items():
-        one_by_one = set_checkbox(one_by_one, task_id, mark)
-    assert with_marks(text, marks) == one_by_one
-    for task_id, (mark, offset) in checkbox_marks(text).items():
-        assert text[offset].lower() == mark
-
-
-def test_with_marks_returns_the_same_text_when_nothing_changes_and_names_unknown_tasks():
-    text = "\ufeff- [ ] 1. One\r\n  - [x] 1.1 Sub  \r\n- [-] 2. Two ünïcode"
-    assert with_marks(text, {"1": " ", "1.1": "x"}) is text
-    with pytest.raises(SpecError, match="task 9 not found"):
-        with_marks(text, {"9": "x"})
+def test_checkbox_marks_finds_every_mark_at_its_offset(seed):
+    text, marks = generate(random.Random(seed))
+    found = checkbox_marks(text)
+    assert {tid: (offset, mark.lower()) for tid, (offset, mark) in marks.items()} == \
+        {tid: (offset, mark) for tid, (mark, offset) in found.items()}

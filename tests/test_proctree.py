@@ -209,21 +209,6 @@ def test_kill_marked_kills_detached_processes_of_that_task(marker):
     assert proctree.kill_marked(marker.run_id) == []
 
 
-def test_parent_watch_ends_a_spawned_process_when_its_parent_dies(marker):
-    assert proctree.start_parent_watch(lambda: None) is None  # pytest has no such parent
-    parent = subprocess.Popen([sys.executable, str(FAKES / "parent_watch.py")], env=marker.env,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        watched = int(read_line_within(parent.stdout, BOUND))
-        parent.kill()
-        parent.wait(BOUND)
-        wait_until(lambda: watched not in marked_pids(marker.run_id), BOUND,
-                   "the watched process to exit after its parent died")
-    finally:
-        parent.kill()
-        parent.wait(BOUND)
-        parent.stdin.close()
-        parent.stdout.close()
 
 
 def test_process_table_from_ps_agrees_with_proc():
