@@ -20,6 +20,8 @@ from qw.tasks import Task, TaskList
 
 DEPENDENCY_MODES = ("infer", "explicit", "sequential")
 UNDECLARED_MODES = ("serial", "parallel")
+SERIAL_REASON = ('declares no file or dependency: runs after the task before it '
+                 '([plan] undeclared = "serial")')
 
 
 class DependencyCycle(SpecError):
@@ -309,8 +311,7 @@ class _Builder:
                     index.add(path, self.position[leaf.id])
                 origins.update(self._mention_edges(leaf, scope))
                 if serial and previous is not None and not self._declared(leaf, previous, origins):
-                    self._add(leaf.id, previous.id, "declares no file or dependency: runs "
-                              'after the task before it ([plan] undeclared = "serial")')
+                    self._add(leaf.id, previous.id, SERIAL_REASON)
             previous = leaf
 
     def _declared_files(self, scope: Sequence[Task]) -> List[Tuple[str, str]]:
@@ -389,7 +390,23 @@ class _Builder:
         return any(t.files or t.depends is not None or t.id in origins for t in entering)
 
     def plan(self) -> Plan:
-        """Order the edges, find the layers, and refuse a cycle."""
+        """Order the edges, find the layers, and refuse a cycle.
+
+        The "runs after the task before it" default gives way to what the spec says: a
+        default edge that closes a cycle (task 1 `_Depends: 2`, task 2 declaring nothing)
+        is dropped. A cycle of declared edges alone is the spec's to fix.
+        """
+        while True:
+            try:
+                return self._plan()
+            except DependencyCycle as cycle:
+                defaults = [(t, dep) for t, dep, reason in cycle.cycle if reason == SERIAL_REASON]
+                if not defaults:
+                    raise
+                for task_id, dep in defaults:
+                    del self.edges[task_id][dep]
+
+    def _plan(self) -> Plan:
         deps: Dict[str, Tuple[str, ...]] = {}
         reasons: Dict[str, Dict[str, str]] = {}
         dependents: Dict[str, List[str]] = {leaf.id: [] for leaf in self.leaves}
@@ -444,6 +461,9 @@ class _Builder:
         steps = [f"{t} ({self.name}:{self.by_id[t].line})" for t in cycle]
         edges = tuple((t, cycle[(i + 1) % len(cycle)], self.edges[t][cycle[(i + 1) % len(cycle)]])
                       for i, t in enumerate(cycle))
-        raise DependencyCycle("dependency cycle " + " -> ".join(steps) + f" -> {cycle[0]}",
-                              f"{self.path}:{self.by_id[cycle[0]].line}",
+        why = "; ".join(f"{t} waits for {dep}: {reason}" for t, dep, reason in edges[:6])
+        if len(edges) > 6:
+            why += f"; and {len(edges) - 6} more"
+        raise DependencyCycle("dependency cycle " + " -> ".join(steps) + f" -> {cycle[0]}"
+                              + f" ({why})", f"{self.path}:{self.by_id[cycle[0]].line}",
                               "remove one of these _Depends or file overlaps", edges)

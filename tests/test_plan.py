@@ -297,8 +297,10 @@ def test_a_two_task_cycle_names_both_tasks_and_lines():
     with pytest.raises(DependencyCycle) as caught:
         plan_of(t("1", files=["a"]), t("2", line=5, files=["b"], depends=["3"], depends_line=6),
                 t("3", line=9, files=["c"], depends=["2"], depends_line=10))
-    assert str(caught.value) == ("dependency cycle 2 (tasks.md:5) -> 3 (tasks.md:9) -> 2, "
-                                 "tasks.md:5; remove one of these _Depends or file overlaps")
+    assert str(caught.value) == (
+        "dependency cycle 2 (tasks.md:5) -> 3 (tasks.md:9) -> 2 (2 waits for 3: _Depends: 3 "
+        "(tasks.md:6); 3 waits for 2: _Depends: 2 (tasks.md:10)), tasks.md:5; remove one of "
+        "these _Depends or file overlaps")
     assert isinstance(caught.value, SpecError)
     assert caught.value.cycle == (("2", "3", "_Depends: 3 (tasks.md:6)"),
                                   ("3", "2", "_Depends: 2 (tasks.md:10)"))
@@ -311,7 +313,8 @@ def test_a_three_task_cycle_through_a_file_overlap():
                 t("3", line=11, files=["y.py"], task_refs=["2"]))
     message = str(caught.value)
     assert message.startswith("dependency cycle 1 (tasks.md:3) -> 3 (tasks.md:11) -> "
-                              "2 (tasks.md:7) -> 1, tasks.md:3;")
+                              "2 (tasks.md:7) -> 1 (")
+    assert "3 waits for 2: mentions task 2" in message
     assert [reason for _, _, reason in caught.value.cycle] == [
         "_Depends: 3 (tasks.md:4)", "mentions task 2", "both change x.py"]
 
@@ -423,7 +426,9 @@ def test_a_ten_thousand_task_chain_and_cycle_need_no_recursion():
     assert len(plan.batches()) == 10000
     assert len(plan.critical_path()) == 10000
     assert len(plan.closure(["10000"])) == 10000
-    specs[0] = t("1", depends=["10000"], depends_line=1)
+    # A cycle of declared edges (default "after the task before it" edges would give way).
+    specs = [t(str(n), depends=[str(n - 1 if n > 1 else 10000)], depends_line=n)
+             for n in range(1, 10001)]
     with pytest.raises(DependencyCycle) as caught:
         build_plan(tasklist(*specs))
     assert len(caught.value.cycle) == 10000
@@ -481,4 +486,18 @@ def test_a_parsed_cycle_names_the_lines():
     with pytest.raises(DependencyCycle) as caught:
         build_plan(parse_tasks(text, "tasks.md"))
     assert str(caught.value).startswith(
-        "dependency cycle 2 (tasks.md:3) -> 3 (tasks.md:5) -> 2, tasks.md:3;")
+        "dependency cycle 2 (tasks.md:3) -> 3 (tasks.md:5) -> 2 (")
+
+
+def test_a_forward_depends_wins_over_the_serial_default():
+    plan = build_plan(parse_tasks("- [ ] 1. A\n  - _Depends: 2_\n- [ ] 2. B\n- [ ] 3. C\n"))
+    assert plan.deps == {"1": ("2",), "2": (), "3": ("2",)}
+    assert plan.batches() == [["2"], ["1", "3"]]
+
+
+def test_a_real_cycle_names_each_edge_and_its_reason():
+    text = "- [ ] 1. A\n  - _Depends: 2_\n- [ ] 2. B\n  - _Depends: 1_\n"
+    with pytest.raises(DependencyCycle) as caught:
+        build_plan(parse_tasks(text))
+    message = str(caught.value)
+    assert "1 waits for 2: _Depends: 2" in message and "2 waits for 1: _Depends: 1" in message
