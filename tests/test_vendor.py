@@ -348,3 +348,34 @@ def test_platform_keys_name_the_wheels_build_zipapp_pins(platform, machine, libc
 def test_cache_root_per_platform(platform, environ, expected):
     got = vendor.cache_root(environ, platform, "/home/u")
     assert Path(got) == Path(expected)
+
+
+RUN_SPEC = """\
+- [ ] 1. Allocate
+  - FAKE: alloc 120
+- [ ] 2. After it
+  - _Depends: 1_
+"""
+
+
+@pytest.mark.parametrize("cache, backend", [("cache", "psutil"), ("file/qw", "stdlib")])
+def test_either_backend_drives_a_full_run(bare_python, pyz, tmp_path, cache, backend):
+    """The issue's point: from the bundled psutil, or from the stdlib fallback when the
+    cache cannot be written, `qw run` works and measures its children."""
+    (tmp_path / "file").write_text("not a folder")       # file/qw: unwritable, even for root
+    repo = tmp_path / "repo"
+    (repo / ".claude" / "specs" / "s").mkdir(parents=True)
+    (repo / ".claude" / "specs" / "s" / "tasks.md").write_text(RUN_SPEC)
+    fake = Path(__file__).resolve().parent / "fakeclaude.py"
+    (repo / "qw.toml").write_text(
+        f'[claude]\ncommand = "{fake}"\n[resources]\ncpu_limit_percent = 100\n')
+    env = env_with(QW_CACHE_DIR=str(tmp_path / cache))
+    resources = run([bare_python, pyz, "resources", "--json"], cwd=repo, env=env)
+    assert json.loads(resources.stdout)["backend"] == backend, resources.stderr
+    done = run([bare_python, pyz, "run", "s", "--json"], cwd=repo, env=env)
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert [t["status"] for t in view["tasks"]] == ["done", "done"]
+    assert view["tasks"][0]["peak_rss_mb"] > 100     # the 120 MB child was measured
+    assert (repo / ".claude" / "specs" / "s" / "tasks.md").read_text() == \
+        RUN_SPEC.replace("[ ]", "[x]")
