@@ -3,9 +3,9 @@
     .qw/runs/<run-id>/events.jsonl   journal: one JSON event per line, append-only
     .qw/state/<spec>.json            snapshot: the spec's latest RunState, rewritten atomically
 
-A transition costs one appended line; the snapshot is rewritten at most once per
-`snapshot_interval` and when a run starts or ends. Loading reads the snapshot and replays
-the journal lines it has not seen yet, so it is exact either way.
+A transition costs one appended line; the snapshot is rewritten when a run starts or ends,
+else at most once per `snapshot_interval` or SNAPSHOT_SPACING times its last write's time.
+Loading reads the snapshot and replays the journal lines it has not seen yet: exact anyway.
 
 Damage is detected, never trusted: a journal line ends with "c", the crc32 of the line
 without it; a store's journal opens with a header line (format, spec, run); a snapshot
@@ -26,6 +26,7 @@ a newer qw is refused in every mode and left as it is. At most one warning line 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -41,6 +42,7 @@ from qw.state import (DONE, RunState, Damaged, decode_snapshot, encode_snapshot,
                       mark_checked_done, refuse_newer)
 
 JOURNAL_FORMAT = 1
+SNAPSHOT_SPACING = 10.0   # a big state must not hold the state owner's lock most of the time
 STRICT, IN_MEMORY, REPAIR = "strict", "in_memory", "repair"
 RECOVER_MODES = (STRICT, IN_MEMORY, REPAIR)
 
@@ -60,10 +62,8 @@ def atomic_write(path: str, data: bytes, mode: Optional[int] = None) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     chmod_to = mode
     if chmod_to is None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             chmod_to = stat.S_IMODE(os.stat(path).st_mode)
-        except FileNotFoundError:
-            pass
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY,
                  0o666 if mode is None else mode)
@@ -77,10 +77,8 @@ def atomic_write(path: str, data: bytes, mode: Optional[int] = None) -> None:
             os.chmod(tmp, chmod_to)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     fsync_dir(directory)
 
@@ -349,7 +347,7 @@ class StateStore:
         self._write_file, self._journal_write = write_file, journal_write
         self._journal: Optional[Journal] = None
         self._journal_run: Optional[str] = None
-        self._last_snapshot, self._dirty = float("-inf"), False
+        self._snapshot_due, self._dirty = float("-inf"), False
 
     def journal_path(self, run_id: str) -> str:
         return os.path.join(self.qw_dir, "runs", run_id, "events.jsonl")
@@ -405,8 +403,7 @@ class StateStore:
             if event["type"] == "run_started":
                 self._try_snapshot()   # best effort: the snapshot may name the new run
             raise
-        if event["type"] == "run_ended" or \
-                self._clock() - self._last_snapshot >= self.snapshot_interval:
+        if event["type"] == "run_ended" or self._clock() >= self._snapshot_due:
             self._try_snapshot()
 
     def progress(self, task_id: str, info: Dict[str, Any]) -> None:
@@ -564,19 +561,20 @@ class StateStore:
 
     def _write_snapshot(self) -> None:
         assert self.state is not None
+        began = self._clock()
         try:
             os.makedirs(os.path.dirname(self.snapshot_path), exist_ok=True)
             self._write_file(self.snapshot_path, encode_snapshot(self.state))
         except OSError as exc:
             raise write_error(exc, self.snapshot_path) from None
-        self._last_snapshot = self._clock()
+        took = self._clock() - began
+        self._snapshot_due = began + took + max(self.snapshot_interval, SNAPSHOT_SPACING * took)
         self._dirty = False
 
     def _try_snapshot(self) -> None:
-        try:   # the journal holds every event; flush() and close() report a failure
+        # The journal holds every event; flush() and close() report a failure.
+        with contextlib.suppress(StateError):
             self._write_snapshot()
-        except StateError:
-            pass
 
 
 def _write_all(fd: int, data: bytes, write: Writer = os.write) -> None:

@@ -197,6 +197,10 @@ class _Run:
         self.launches: Dict[str, int] = {}         # attempts started per task, this run
         self.owner = None
         self.pool: Optional[Pool] = None
+        # Events and progress gathered during one loop iteration, sent to the state owner
+        # in one call (_flush) instead of one round trip each.
+        self.unsent: List[dict] = []
+        self.unsent_progress: Dict[str, dict] = {}   # task -> its latest progress
 
     # ----- the run
 
@@ -227,7 +231,12 @@ class _Run:
         finally:
             self._stop_pool()
             if self.owner is not None:
-                self.owner.shutdown()
+                try:
+                    self._flush()   # after an error, what was gathered still counts
+                except Exception as error:   # the run already failed; keep its own error
+                    self.debug.exception("events not recorded", error)
+                finally:
+                    self.owner.shutdown()
             self._restore_signals(old_handlers)
             self.debug.close()
             wake_r.close()
@@ -239,6 +248,7 @@ class _Run:
             self._cancel_if_asked()
             now = time.time()
             self._dispatch(now)
+            self._flush()   # before blocking: what happened so far is in the state
             if self.sched.finished():
                 return
             if self.killed_at is not None and \
@@ -256,7 +266,7 @@ class _Run:
                     self._worker_died(worker_id, payload)
                 elif isinstance(payload, Progress):
                     self._observe(payload)
-                    self.owner.proxy.progress(payload.task_id, payload.info)
+                    self.unsent_progress[payload.task_id] = payload.info
                     self.reporter.progress(payload.task_id, payload.info)
                 elif isinstance(payload, AttemptResult):
                     self._settle(payload)
@@ -295,8 +305,11 @@ class _Run:
         if was_paused and self.sched.paused_until is None:
             self._record({"type": "run_paused", "until": None})
             self.reporter.note("pause over: starting tasks again")
-        if dispatches and self.config.spec.mark_in_progress:
+        if not dispatches:
+            return
+        if self.config.spec.mark_in_progress:
             self._sync_marks()   # `[-]` before the children start
+        starts = []
         for d in dispatches:
             worker_id = idle.pop(0)
             task = self.by_id[d.task_id]
@@ -304,8 +317,11 @@ class _Run:
             req = self._request(task, d.attempt, d.timeout_s, self.launches[d.task_id])
             self._record({"type": "attempt_started", "task": d.task_id, "attempt": d.attempt,
                           "worker": worker_id, "timeout_s": d.timeout_s})
+            starts.append((worker_id, req, task))
+        self._flush()   # every attempt_started is in the journal before its child starts
+        for worker_id, req, task in starts:
             self.pool.submit(worker_id, req)
-            self.reporter.attempt_started(d.task_id, d.attempt, worker_id, task.title)
+            self.reporter.attempt_started(req.task_id, req.attempt, worker_id, task.title)
 
     def _sample(self):
         """The machine as of at most SAMPLE_EVERY_S ago (None: no probe, or it failed)."""
@@ -391,8 +407,10 @@ class _Run:
         settled = self.sched.settle(tid, outcome, time.time(), result.peak_rss_mb)
         decision = settled.decision
         state = self.sched.state[tid]
-        # tasks.md first: a crash between the two leaves tasks.md ahead of the journal (the
+        # The journal holds the attempt's success before tasks.md ticks it; then tasks.md
+        # before task_done: a crash between the two leaves tasks.md ahead of the journal (the
         # next run skips a checked task), never behind it (it would run a done task again).
+        self._flush()
         self._sync_marks()
         if state == DONE:
             self._record({"type": "task_done", "task": tid})
@@ -448,6 +466,7 @@ class _Run:
         self._record_waiting({}, set())   # nothing waits once the run is over
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
                       "reason": sched.stop_reason})
+        self._flush()
         self._write_report()
         view = dict(self.owner.proxy.view(), live=False)   # the run has ended
         self.reporter.finished(view, code, sched.stop_reason)
@@ -483,7 +502,15 @@ class _Run:
         extra = {k: v for k, v in event.items() if k not in ("type", "task", "attempt")}
         self.debug.debug(event["type"], task_id=event.get("task"), attempt=event.get("attempt"),
                          **extra)
-        self.owner.proxy.record(event)
+        self.unsent.append(event)
+
+    def _flush(self) -> None:
+        """Send the gathered progress and events to the state owner in one call."""
+        if not self.unsent and not self.unsent_progress:
+            return
+        events, self.unsent = self.unsent, []
+        progress, self.unsent_progress = list(self.unsent_progress.items()), {}
+        self.owner.proxy.record_many(events, progress)
 
     def _sync_marks(self, final: bool = False) -> None:
         """Make tasks.md's boxes of this run's tasks (and their groups) say what the

@@ -17,6 +17,7 @@ it never stops it.
 from __future__ import annotations
 
 import random
+from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set
 
@@ -61,6 +62,24 @@ class Scheduler:
         self.done: Set[str] = set(done)
         self.targets: List[str] = [t for t in targets if t not in self.done]
         self.state: Dict[str, str] = {t: PENDING for t in self.targets}
+        # Kept as the run goes, so that no call walks every target (a 10,000-task run
+        # dispatches thousands of times): each target's position, the tasks that need
+        # each task, how many prerequisites of each target are not done yet, the targets
+        # in each state (in the order they entered it), and the ready ones (pending, every
+        # prerequisite done; backoff not considered) as sorted positions.
+        self.position: Dict[str, int] = {t: i for i, t in enumerate(self.targets)}
+        self.dependents: Dict[str, List[str]] = {}
+        self.unmet: Dict[str, int] = {}
+        for tid in self.targets:
+            deps = plan.deps.get(tid, ())
+            for d in deps:
+                self.dependents.setdefault(d, []).append(tid)
+            self.unmet[tid] = sum(1 for d in deps if d not in self.done)
+        self.members: Dict[str, Dict[str, None]] = {
+            st: {} for st in (PENDING, RUNNING, DONE, FAILED, SKIPPED)}
+        self.members[PENDING] = dict.fromkeys(self.targets)
+        self.ready_positions: List[int] = [self.position[t] for t in self.targets
+                                           if self.unmet[t] == 0]
         self.attempts: Dict[str, int] = dict(attempts or {})
         self.not_before: Dict[str, float] = {}
         # Per-task wall-clock limits: a task's own _Timeout:, else [run] timeout; grown on timeouts.
@@ -88,32 +107,28 @@ class Scheduler:
     # ----- queries
 
     def running(self) -> List[str]:
-        return [t for t, s in self.state.items() if s == RUNNING]
+        return self._in_order(RUNNING)
 
     def failed(self) -> List[str]:
-        return [t for t, s in self.state.items() if s == FAILED]
+        return self._in_order(FAILED)
 
     def skipped(self) -> List[str]:
-        return [t for t, s in self.state.items() if s == SKIPPED]
+        return self._in_order(SKIPPED)
 
     def queued(self) -> List[str]:
-        return [t for t, s in self.state.items() if s == PENDING]
+        return self._in_order(PENDING)
 
     def finished(self) -> bool:
         """Nothing is running and nothing more will start."""
-        if self.running():
+        if self.members[RUNNING]:
             return False
-        return self.stop_reason is not None or not self.queued()
+        return self.stop_reason is not None or not self.members[PENDING]
 
     def ready(self, now: float) -> List[str]:
-        """Pending targets whose prerequisites are done and whose backoff has passed."""
-        out = []
-        for tid in self.targets:
-            if self.state[tid] != PENDING or self.not_before.get(tid, 0.0) > now:
-                continue
-            if all(d in self.done for d in self.plan.deps.get(tid, ())):
-                out.append(tid)
-        return out
+        """Pending targets whose prerequisites are done and whose backoff has passed, in
+        document order."""
+        return [self.targets[i] for i in self.ready_positions
+                if self.not_before.get(self.targets[i], 0.0) <= now]
 
     def next_wakeup(self, now: float) -> Optional[float]:
         """The earliest future time at which something could become dispatchable."""
@@ -144,10 +159,13 @@ class Scheduler:
             self.paused_until = None
         out: List[Dispatch] = []
         committed = self.committed_mb()
-        busy = bool(self.running())
-        for tid in self.ready(now):
+        busy = bool(self.members[RUNNING])
+        for position in list(self.ready_positions):
             if len(out) >= free_workers:
                 break
+            tid = self.targets[position]
+            if self.not_before.get(tid, 0.0) > now:
+                continue
             agent = self.agents.get(tid)
             hold = self.admission.hold(snapshot, agent, committed)
             if hold is not None and (out or busy):
@@ -161,7 +179,7 @@ class Scheduler:
             committed += estimate
             self.estimate_at_start[tid] = estimate
             self.attempts[tid] = self.attempts.get(tid, 0) + 1
-            self.state[tid] = RUNNING
+            self._move(tid, RUNNING)
             out.append(Dispatch(tid, self.attempts[tid], self.timeout_s[tid]))
         return out
 
@@ -183,7 +201,7 @@ class Scheduler:
         if outcome.kind == INTERRUPTED:
             # Cancelled by us (Ctrl-C, a stopping run): not the task's fault; it stays
             # pending, and the next run starts it again.
-            self.state[task_id] = PENDING
+            self._move(task_id, PENDING)
             return Settled(task_id, Decision("interrupted", now, self.timeout_s[task_id],
                                              outcome.message))
         decision = decide(outcome, self.attempts[task_id], self.run, now=now, rng=self.rng,
@@ -191,16 +209,15 @@ class Scheduler:
         skipped: tuple = ()
         action = decision.action
         if action == "done":
-            self.state[task_id] = DONE
-            self.done.add(task_id)
+            self._move(task_id, DONE)
         elif action == "retry":
             # While the run stops, a retry waits for the next run: pending, not failed.
-            self.state[task_id] = PENDING
+            self._move(task_id, PENDING)
             self.not_before[task_id] = decision.not_before
             self.timeout_s[task_id] = decision.timeout_s
         elif action in ("pause", "exit_paused"):
             # The attempt did not run for lack of quota: it does not count against the task.
-            self.state[task_id] = PENDING
+            self._move(task_id, PENDING)
             self.attempts[task_id] -= 1
             if action == "pause":
                 self.paused_until = max(self.paused_until or 0.0, decision.not_before)
@@ -208,7 +225,7 @@ class Scheduler:
                 self.exit_paused = True
                 self.stop(decision.reason)
         else:  # fail, stop_run
-            self.state[task_id] = FAILED
+            self._move(task_id, FAILED)
             skipped = self._skip_dependents(task_id)
             if action == "stop_run":
                 self.stop(decision.reason)
@@ -232,15 +249,36 @@ class Scheduler:
 
     def _skip_dependents(self, failed_id: str) -> tuple:
         """Mark every pending target that (transitively) needs `failed_id` as skipped."""
-        dependents: Dict[str, List[str]] = {}
-        for tid, deps in self.plan.deps.items():
-            for d in deps:
-                dependents.setdefault(d, []).append(tid)
         out, stack = [], [failed_id]
         while stack:
-            for child in dependents.get(stack.pop(), ()):
+            for child in self.dependents.get(stack.pop(), ()):
                 if self.state.get(child) == PENDING:
-                    self.state[child] = SKIPPED
+                    self._move(child, SKIPPED)
                     out.append(child)
                     stack.append(child)
         return tuple(out)
+
+    def _move(self, tid: str, new: str) -> None:
+        """Put target `tid` in state `new`, keeping the counts and the ready positions
+        true; a task done lowers its dependents' unmet counts."""
+        old = self.state[tid]
+        del self.members[old][tid]
+        self.members[new][tid] = None
+        self.state[tid] = new
+        if self.unmet[tid] == 0:
+            if old == PENDING:
+                position = self.position[tid]
+                del self.ready_positions[bisect_left(self.ready_positions, position)]
+            if new == PENDING:
+                insort(self.ready_positions, self.position[tid])
+        if new == DONE and tid not in self.done:
+            self.done.add(tid)
+            for child in self.dependents.get(tid, ()):
+                if child in self.unmet:
+                    self.unmet[child] -= 1
+                    if self.unmet[child] == 0 and self.state[child] == PENDING:
+                        insort(self.ready_positions, self.position[child])
+
+    def _in_order(self, state: str) -> List[str]:
+        """The targets in `state`, in document order."""
+        return sorted(self.members[state], key=self.position.__getitem__)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -57,6 +58,7 @@ OK = "ok"                    # the attempt outcome that means success
 INTERRUPTED = "interrupted"  # error and outcome of an attempt cut short by a dead run
 
 SNAPSHOT_FORMAT = 1
+_SNAPSHOT_TAIL = re.compile(rb',"sha256":"([0-9a-f]{64})"\}\s*\Z')
 
 # Statuses a `task_status` event may set; the others have events of their own.
 _SETTABLE = (PENDING, READY, BLOCKED, SKIPPED, DONE)
@@ -399,9 +401,11 @@ class Damaged(Exception):
 
 
 def encode_snapshot(state: "RunState") -> bytes:
-    """The snapshot file's bytes: `to_snapshot()` plus a sha256 of its canonical form."""
-    body = state.to_snapshot()
-    return _compact(dict(body, sha256=_digest(body))).encode("utf-8") + b"\n"
+    """The snapshot file's bytes: `to_snapshot()` as compact JSON, with a last key
+    "sha256" holding the sha256 of those very bytes without it (one serialisation)."""
+    body = _compact(state.to_snapshot()).encode("utf-8")
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"sha256":"' + digest.encode("ascii") + b'"}\n'
 
 
 def decode_snapshot(raw: bytes, where: Optional[str] = None) -> "RunState":
@@ -417,7 +421,7 @@ def decode_snapshot(raw: bytes, where: Optional[str] = None) -> "RunState":
         raise Damaged("no format number")
     refuse_newer("the state snapshot", data["format"], SNAPSHOT_FORMAT, where)
     digest = data.pop("sha256", None)   # absent: written before snapshots had one
-    if digest is not None and digest != _digest(data):
+    if digest is not None and not _digest_matches(raw, data, digest):
         raise Damaged("checksum mismatch")
     try:
         return RunState.from_snapshot(data, where)
@@ -435,6 +439,16 @@ def refuse_newer(what: str, found: int, ours: int, where: Optional[str]) -> None
 def _format_of(data: Any) -> Optional[int]:
     fmt = data.get("format") if isinstance(data, dict) else None
     return fmt if isinstance(fmt, int) and not isinstance(fmt, bool) else None
+
+
+def _digest_matches(raw: bytes, data: Dict[str, Any], digest: Any) -> bool:
+    """Whether `digest` is the sha256 of the body as encode_snapshot wrote it (the bytes
+    before its "sha256" key) or, as older qw wrote it, of the body's canonical form."""
+    tail = _SNAPSHOT_TAIL.search(raw)
+    if tail is not None and tail.group(1).decode("ascii") == digest and \
+            hashlib.sha256(raw[:tail.start()] + b"}").hexdigest() == digest:
+        return True
+    return digest == _digest(data)
 
 
 def _digest(body: Dict[str, Any]) -> str:

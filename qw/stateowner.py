@@ -23,7 +23,7 @@ import tempfile
 import threading
 from multiprocessing.connection import Client, wait
 from multiprocessing.managers import BaseManager, BaseProxy, Server, dispatch
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from qw.errors import LockHeld, StateError
 from qw.journal import REPAIR, StateStore, atomic_write
@@ -61,6 +61,19 @@ class StateServer:
         with self._lock:
             self._check_open()
             self._store.record(event)
+
+    def record_many(self, events: List[Dict[str, Any]],
+                    progress: Sequence[Tuple[str, Dict[str, Any]]] = ()) -> None:
+        """One call for what the runner gathered in one loop iteration: each (task_id,
+        info) of `progress` as progress() would, then each event as record() would, in
+        order. An illegal or unwritable event raises as record() does; the events after it
+        are not applied."""
+        with self._lock:
+            self._check_open()
+            for task_id, info in progress:
+                self._store.progress(task_id, info)
+            for event in events:
+                self._store.record(event)
 
     def progress(self, task_id: str, info: Dict[str, Any]) -> None:
         """Live progress of a running attempt; kept in memory only."""
@@ -106,7 +119,7 @@ class _FailedStart:
     def _raise(self, *args: Any) -> None:
         raise self.error
 
-    record = progress = view = warnings = close = _raise
+    record = record_many = progress = view = warnings = close = _raise
 
 
 class _ReadOnlyView:
@@ -246,10 +259,14 @@ def _unwritable(exc: OSError, qw_dir: str) -> StateError:
 class StateServerProxy(BaseProxy):
     """The run's state for the runner and its workers (picklable to spawn children)."""
 
-    _exposed_ = ("record", "progress", "view", "warnings", "close")
+    _exposed_ = ("record", "record_many", "progress", "view", "warnings", "close")
 
     def record(self, event: Dict[str, Any]) -> None:
         self._callmethod("record", (event,))
+
+    def record_many(self, events: List[Dict[str, Any]],
+                    progress: Sequence[Tuple[str, Dict[str, Any]]] = ()) -> None:
+        self._callmethod("record_many", (events, progress))
 
     def progress(self, task_id: str, info: Dict[str, Any]) -> None:
         self._callmethod("progress", (task_id, info))

@@ -166,7 +166,8 @@ def _stream(req: AttemptRequest, conn, child, state, transcript, started: float,
     """
     deadline = started + req.timeout_s
     last_event = started
-    last_progress = 0.0
+    # From the start, not 0: a task shorter than PROGRESS_EVERY_S sends no Progress at all.
+    last_progress = started
     next_sample = started
     while True:
         now = time.time()
