@@ -220,10 +220,13 @@ class _Run:
             self.sched.admission.restore(self.owner.proxy.view().get("memory_peaks") or {})
             self.probe = _get_probe()
             self._record_initial()
-            self.pool = Pool(self.config.run.max_concurrent, extra_fds=(wake_r,))
+            # No more workers than tasks: one beyond that could never be given work, and
+            # each is an interpreter to start (DESIGN §8: qw's own cost must vanish).
+            self.workers = min(self.config.run.max_concurrent, len(self.sched.targets))
+            self.pool = Pool(self.workers, extra_fds=(wake_r,))
             self.pool.start()
             self.reporter.started(self.run_id, len(self.sched.targets),
-                                  self.config.run.max_concurrent)
+                                  self.workers)
             self._loop(wake_r)
             self._abandon_unreported()
             self._stop_pool()
