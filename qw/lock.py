@@ -148,7 +148,7 @@ def read_holder(path: str) -> Optional[dict]:
     info = _read_info(path)
     if not info:
         return None
-    if info.get("host") == socket.gethostname() and not _pid_alive(info.get("pid")):
+    if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
         return None
     return info
 
@@ -173,7 +173,8 @@ def _read_info(path: str) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def _pid_alive(pid) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether a process `pid` exists on this machine (also used for the state owner's)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     if os.name == "nt":

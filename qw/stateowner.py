@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from qw.errors import LockHeld, StateError
 from qw.journal import REPAIR, StateStore, atomic_write
+from qw.lock import pid_alive
 
 
 def owner_path(qw_dir: str, run_id: str) -> str:
@@ -239,7 +240,7 @@ def withdraw_stale(qw_dir: str, spec: str) -> bool:
     owner = owner_path(qw_dir, run_id)
     pid = (_read_json(owner) or {}).get("pid")
     # (Windows cannot probe a pid here; there the owner's last moments go unchecked.)
-    if isinstance(pid, int) and os.name == "posix" and _process_exists(pid):
+    if isinstance(pid, int) and os.name == "posix" and pid_alive(pid):
         raise LockHeld(f"the state owner (pid {pid}) of spec {spec}'s last run {run_id} is "
                        "still writing its state", owner,
                        "wait a moment and try again (remove that file if no qw is running)")
@@ -368,7 +369,7 @@ def connect_live(qw_dir: str, spec: str, timeout: float = 2.0) -> Optional[State
         pid = int(info["pid"])
     except (KeyError, TypeError, ValueError):
         return None
-    if not _process_exists(pid):
+    if not pid_alive(pid):
         return None
     found: List[StateViewProxy] = []
 
@@ -400,18 +401,6 @@ def _listen_address() -> Optional[str]:
     if os.name != "posix" or len(tempfile.gettempdir()) + 33 < 100:
         return None
     return os.path.join("/tmp", f"qw-{os.urandom(6).hex()}.sock")
-
-
-def _process_exists(pid: int) -> bool:
-    if os.name != "posix":
-        return True   # os.kill would end it on Windows; the connection attempt decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True   # someone else's process
-    return True
 
 
 def _read_json(path: str) -> Optional[Dict[str, Any]]:
