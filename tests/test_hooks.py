@@ -289,14 +289,22 @@ def run_hook(stdin: str, env_extra=None) -> subprocess.CompletedProcess:
                           timeout=HOOK_PROCESS_TIMEOUT_S)
 
 
-def test_the_hook_process_finishes_in_under_a_second_and_prints_nothing(tmp_path):
+HEAVY = ("multiprocessing", "subprocess", "psutil", "asyncio", "http.server", "qw.runner")
+
+
+def test_the_hook_process_stays_light_and_prints_nothing(tmp_path):
+    """Claude Code runs the hook at every Stop: it must stay well under a second. What keeps
+    it so is what it imports (a timed assertion would flake on a loaded machine)."""
     make_repo(tmp_path, requirements=REQUIREMENTS_MD)
-    started = time.monotonic()
     done = run_hook(stop_json(tmp_path))
-    elapsed = time.monotonic() - started
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert suggestion(tmp_path) == "qw approve demo requirements\n"
-    assert elapsed < 1.0, f"the hook took {elapsed:.2f} s"
+    probe = ("import sys, io; sys.path.insert(0, %r); sys.stdin = io.StringIO(sys.argv[1]); "
+             "from qw.hooks import main; main(); "
+             "print(sorted(m for m in %r if m in sys.modules))" % (str(ROOT), HEAVY))
+    loaded = subprocess.run([sys.executable, "-c", probe, stop_json(tmp_path)],
+                            capture_output=True, text=True, timeout=HOOK_PROCESS_TIMEOUT_S)
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
 
 
 @pytest.mark.parametrize("stdin", ["", "}{", "\x00\xff"])
