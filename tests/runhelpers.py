@@ -283,7 +283,10 @@ class QwRepo:
         if not self.log.exists():
             return []
         out = []
-        for line in self.log.read_text().splitlines():
+        text = self.log.read_text()
+        # A child may be appending right now: a last line without its newline is not whole
+        # yet, so it is left for the next read.
+        for line in text[:text.rfind("\n") + 1].splitlines():
             if line.strip():
                 record = json.loads(line)
                 if event is None or record["event"] == event:
@@ -307,7 +310,9 @@ class QwRepo:
     def journal(self, run_id: Optional[str] = None) -> List[dict]:
         run_id = run_id or self.runs()[-1]
         path = self.root / ".qw" / "runs" / run_id / "events.jsonl"
-        events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        text = path.read_text()
+        whole = text[:text.rfind("\n") + 1]   # a line being appended now is not whole yet
+        events = [json.loads(line) for line in whole.splitlines() if line.strip()]
         return [e for e in events if "type" in e]   # not the header line
 
     def leftovers(self) -> List[int]:
