@@ -55,3 +55,15 @@ def fake_api_env(base_url: str, config_dir: str, extra: Optional[Mapping[str, st
         env["ANTHROPIC_API_KEY"] = "sk-ant-test"
     env.update(extra or {})
     return env
+
+
+def claude_or_skip() -> str:
+    """The CLI's path, else skip the test (fail when QW_REQUIRE_CLAUDE=1 says it must run)."""
+    import pytest
+
+    path = find_claude()
+    if path is None:
+        if claude_required():
+            pytest.fail(MISSING_REASON)
+        pytest.skip(MISSING_REASON)
+    return path

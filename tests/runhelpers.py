@@ -15,10 +15,12 @@ processes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -57,6 +59,8 @@ MODULE = Qw("module", [sys.executable, "-m", "qw"], pythonpath=str(REPO_ROOT))
 
 
 def _reports_version(executable: str, version: str) -> bool:
+    # A pyenv shim exists for every installed version but fails unless that version is
+    # enabled, so finding the file proves nothing: ask it.
     probe = "import sys; sys.stdout.write('%d.%d' % tuple(sys.version_info[:2]))"
     try:
         done = subprocess.run([executable, "-c", probe], stdout=subprocess.PIPE,
@@ -443,3 +447,23 @@ class MountNamespace:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def held_lock(path: str, run_id: str, bound: float = 30.0):
+    """Another process holding the lock at `path`, as a run would; yields the process
+    (closing its stdin releases the lock; it is killed at the end in any case)."""
+    if os.name == "nt":
+        pytest.skip("waits on the holder's pipe with select()")
+    holder = Path(__file__).resolve().parent / "fakes" / "lock_holder.py"
+    proc = subprocess.Popen([sys.executable, str(holder), path, run_id],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], bound)
+        assert ready and proc.stdout.readline() == b"locked\n", "the holder did not lock in time"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(bound)
+        proc.stdin.close()
+        proc.stdout.close()

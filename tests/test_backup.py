@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from runhelpers import held_lock
 
 from qw.backup import BACKUP, CORRUPT, clean, create, list_backups, restore
 from qw.errors import LockHeld, StateError, UsageError
 from qw.journal import REPAIR, STRICT, Journal, StateStore
 from qw.reset import reset
 
-HOLDER = Path(__file__).parent / "fakes" / "lock_holder.py"
 BOUND = 20.0
 DAY = 86400.0
 
@@ -71,18 +69,8 @@ def repo(tmp_path):
 
 @pytest.fixture
 def holder(repo):
-    if os.name == "nt":
-        pytest.skip("waits on the holder's pipe with select()")
-    lock = os.path.join(repo.qw, "locks", "alpha.lock")
-    proc = subprocess.Popen([sys.executable, str(HOLDER), lock, "run-7"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    ready, _, _ = select.select([proc.stdout], [], [], BOUND)
-    assert ready and proc.stdout.readline() == b"locked\n", "the holder did not lock in time"
-    yield proc
-    proc.kill()
-    proc.wait(BOUND)
-    proc.stdin.close()
-    proc.stdout.close()
+    with held_lock(os.path.join(repo.qw, "locks", "alpha.lock"), "run-7", BOUND) as proc:
+        yield proc
 
 
 def test_create_copies_what_each_spec_state_loads_from(repo):

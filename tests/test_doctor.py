@@ -15,7 +15,7 @@ from typing import Dict
 
 import pytest
 
-from claude_cli import MISSING_REASON, claude_required, fake_api_env, find_claude
+from claude_cli import claude_or_skip, fake_api_env
 from fakeapi import FakeAnthropic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +25,7 @@ CHECKS = ("config", "claude CLI", "credentials", "git", "python", "psutil", ".qw
 
 @pytest.fixture(scope="module")
 def claude() -> str:
-    path = find_claude()
-    if path is None:
-        if claude_required():
-            pytest.fail(MISSING_REASON)
-        pytest.skip(MISSING_REASON)
-    return path
+    return claude_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from claude_cli import MISSING_REASON, claude_required, fake_api_env, find_claude
+from claude_cli import claude_or_skip, fake_api_env
 from e2ehelpers import (AGENT_TASKS, AGENTS, EXPECTED_FILES, SPEC, Qw, build_pyz,
                         checkboxes, describe_processes, kill_processes, make_repo,
                         processes_with, wait_for_no_processes)
@@ -40,12 +40,7 @@ FAST_RETRIES = "[run]\nretry_backoff = \"1s\"\n"
 
 @pytest.fixture(scope="module")
 def claude() -> str:
-    path = find_claude()
-    if path is None:
-        if claude_required():
-            pytest.fail(MISSING_REASON)
-        pytest.skip(MISSING_REASON)
-    return path
+    return claude_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import pytest
 
-from claude_cli import MISSING_REASON, claude_required, fake_api_env, find_claude
+from claude_cli import claude_or_skip, fake_api_env
 from fakeapi import USAGE_LIMIT_TEXT, FakeAnthropic, Step, parse_script
 
 RUN_TIMEOUT_S = 60.0  # far above the ~1 s a run takes, to survive a loaded machine
@@ -25,12 +25,7 @@ RUN_TIMEOUT_S = 60.0  # far above the ~1 s a run takes, to survive a loaded mach
 
 @pytest.fixture
 def claude() -> str:
-    path = find_claude()
-    if path is None:
-        if claude_required():
-            pytest.fail(MISSING_REASON)
-        pytest.skip(MISSING_REASON)
-    return path
+    return claude_or_skip()
 
 
 @pytest.fixture

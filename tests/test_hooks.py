@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_cli import MISSING_REASON, claude_required, fake_api_env, find_claude
+from claude_cli import claude_or_skip, fake_api_env
 from fakeapi import FakeAnthropic
 from qw.approve import MARKER, approve
 from qw.consume import RAN, consume_once
@@ -319,12 +319,7 @@ def test_the_hook_process_exits_0_on_garbage(tmp_path, stdin):
 
 @pytest.fixture
 def claude() -> str:
-    path = find_claude()
-    if path is None:
-        if claude_required():
-            pytest.fail(MISSING_REASON)
-        pytest.skip(MISSING_REASON)
-    return path
+    return claude_or_skip()
 
 
 @pytest.mark.parametrize("how", ["--settings", "qw hook install"])

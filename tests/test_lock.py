@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from runhelpers import held_lock
 
 from qw import lock
 from qw.errors import EXIT_LOCKED, LockHeld, StateError
 from qw.lock import SpecLock, read_holder
 
-HOLDER = Path(__file__).parent / "fakes" / "lock_holder.py"
 BOUND = 20.0
 
 
@@ -28,17 +26,8 @@ def lock_path(tmp_path):
 @pytest.fixture
 def holder(lock_path):
     """Another process holding the lock; stopped (closing its stdin) or killed by the test."""
-    if os.name == "nt":
-        pytest.skip("waits on the holder's pipe with select()")
-    proc = subprocess.Popen([sys.executable, str(HOLDER), lock_path, "run-1"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    ready, _, _ = select.select([proc.stdout], [], [], BOUND)
-    assert ready and proc.stdout.readline() == b"locked\n", "the holder did not lock in time"
-    yield proc
-    proc.kill()
-    proc.wait(BOUND)
-    proc.stdin.close()
-    proc.stdout.close()
+    with held_lock(lock_path, "run-1", BOUND) as proc:
+        yield proc
 
 
 def test_acquire_creates_the_directories_and_writes_who_holds_it(lock_path):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from runhelpers import held_lock
 
 from qw.backup import list_backups, restore
 from qw.errors import LockHeld, UsageError
@@ -18,7 +19,6 @@ from qw.journal import IN_MEMORY, REPAIR, STRICT, Journal, StateStore
 from qw.reset import reset
 from qw.stateowner import live_pointer_path, owner_path
 
-HOLDER = Path(__file__).parent / "fakes" / "lock_holder.py"
 BOUND = 20.0
 
 TASKS_MD = """# Tasks
@@ -94,18 +94,8 @@ def repo(tmp_path):
 @pytest.fixture
 def holder(repo):
     """Another process holding the spec's lock, as a run would."""
-    if os.name == "nt":
-        pytest.skip("waits on the holder's pipe with select()")
-    lock = os.path.join(repo.qw, "locks", "demo.lock")
-    proc = subprocess.Popen([sys.executable, str(HOLDER), lock, "run-7"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    ready, _, _ = select.select([proc.stdout], [], [], BOUND)
-    assert ready and proc.stdout.readline() == b"locked\n", "the holder did not lock in time"
-    yield proc
-    proc.kill()
-    proc.wait(BOUND)
-    proc.stdin.close()
-    proc.stdout.close()
+    with held_lock(os.path.join(repo.qw, "locks", "demo.lock"), "run-7", BOUND) as proc:
+        yield proc
 
 
 def test_soft_reset_returns_failed_interrupted_and_skipped_tasks_to_pending(repo):

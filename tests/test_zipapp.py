@@ -10,8 +10,6 @@ install. A missing one skips its tests, unless QW_REQUIRE_PYTHONS=1 (CI): then t
 
 from __future__ import annotations
 
-import functools
-import glob
 import hashlib
 import importlib.util
 import io
@@ -24,9 +22,11 @@ import sys
 import textwrap
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
+
+from runhelpers import python_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESS_DEADLINE_S = 180  # generous: two cores shared with other test runs
@@ -34,36 +34,9 @@ PROCESS_DEADLINE_S = 180  # generous: two cores shared with other test runs
 
 # --- interpreters ---------------------------------------------------------------------
 
-def _reports_version(executable: str, version: str) -> bool:
-    # A pyenv shim exists for every installed version but fails unless that version is
-    # enabled, so finding the file proves nothing: ask it.
-    probe = "import sys; sys.stdout.write('%d.%d' % tuple(sys.version_info[:2]))"
-    try:
-        done = subprocess.run([executable, "-c", probe], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and done.stdout.decode() == version
-
-
-@functools.lru_cache(maxsize=None)
-def _find_python(version: str) -> Optional[str]:
-    candidates = [shutil.which(f"python{version}")]
-    pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates += sorted(glob.glob(os.path.join(
-        pyenv_root, "versions", f"{version}.*", "bin", f"python{version}")), reverse=True)
-    return next((c for c in candidates if c and _reports_version(c, version)), None)
-
-
 def python(version: str) -> str:
     """A working `python<version>`, else skip the test (fail under QW_REQUIRE_PYTHONS=1)."""
-    found = _find_python(version)
-    if found is None:
-        reason = f"python{version} not found (neither a working one on PATH nor under pyenv)"
-        if os.environ.get("QW_REQUIRE_PYTHONS") == "1":
-            pytest.fail(f"{reason}; QW_REQUIRE_PYTHONS=1 requires it")
-        pytest.skip(reason)
-    return found
+    return python_or_skip(version)
 
 
 def run(command: List[str], **kwargs) -> subprocess.CompletedProcess:
