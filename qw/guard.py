@@ -1,50 +1,66 @@
-"""The guard: a tiny process that owns one child's whole process tree (DESIGN §6). POSIX only.
+"""The guard: a small long-lived process that owns its owner's child trees (DESIGN §6). POSIX.
 
-This module runs in its own process, started per task by `qw.proctree`:
+`qw.proctree` starts one per process that starts children, on its first child, as
 
-    python -I -S -c "...; from qw.guard import main; os._exit(main(sys.argv[2:]))" PKGROOT \\
-        --ctrl FD --grace SECONDS --exe PATH -- ARGV...
+    python -I -S -c "...; from qw.guard import main; os._exit(main(sys.argv[2:]))" \\
+        PKGROOT --sock FD
 
-so it imports nothing but the standard library's smallest modules (os, sys, signal, select,
-time, errno; ctypes once, for prctl on Linux): its start-up cost is paid by every task.
+and keeps it for every later child (one more guard per child running at the same time):
 
-    worker ──ctrl pipe──► guard (own session, child subreaper)
-                            └─ child (own process group) ─► its tree, setsid shells, orphans
+    owner ──Unix socket──► guard (own session, child subreaper)
+                             └─ child (own process group) ─► its tree, setsid shells, orphans
 
-The guard starts the child with the guard's stdin/stdout/stderr (the worker's pipes), then
-waits for one of two things:
+One line per message on the socket:
+    owner -> guard   start JSON{exe, argv, env, cwd, grace}, with the child's stdin, stdout
+                     and stderr pipe ends attached (SCM_RIGHTS)
+                     stop GRACE
+    guard -> owner   started PID | error JSON[errno, strerror, filename]
+                     note TEXT       (a diagnostic for the child's stderr tail)
+                     exited CODE     (128 + signal for a signal), once the child and every
+                                     stray are gone; the guard is then idle again
+
+The guard posix_spawns the child with the three ends as its 0/1/2 and nothing else open
+(every fd the guard holds is close-on-exec), closes its copies, and watches its socket and
+SIGCHLD together in one select() loop, also while it escalates:
 - the child exits: any descendant left (a background job, a tool shell in its own session)
   was re-parented to the guard, which is a subreaper; it gets SIGTERM, a short wait, SIGKILL.
-- a `stop <grace>` line or EOF on the control pipe (the worker stopped the task, or died,
-  even by SIGKILL): SIGINT to the child's group, grace, SIGTERM, grace, then SIGKILL to the
-  group and to every descendant.
-Either way the guard exits only when no descendant is left, with the child's exit code
-(128 + signal for a signal, 127 when the child could not be started).
+- `stop GRACE`, or EOF on the socket (the owner died, even by SIGKILL, or exited): SIGINT to
+  the child's group, grace, SIGTERM, grace, then SIGKILL to the group and to every descendant.
+After EOF the guard exits as soon as no descendant is left; so does a guard sent SIGINT,
+SIGTERM or SIGHUP, once it has reported the exit.
 
 The child gets its own process group (not the guard's) so that SIGINT and SIGTERM, sent the
 way a terminal sends Ctrl-C, reach the child and its helpers but never the guard, which must
-stay alive to escalate and to sweep up.
+stay alive to escalate and to sweep up. A stop that arrives while a longer one is under
+way shortens it. This module is also where qw reads process tables (descendants()).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import signal
+import socket
 import sys
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
-EXIT_NOT_STARTED = 127
 SWEEP_BOUND = 5.0         # seconds the final SIGKILL sweep may take before the guard gives up
 STRAY_TERM_WAIT = 1.0     # at most this long between SIGTERM and SIGKILL for strays
 SAFETY_TICK = 5.0         # select timeout: a lost wake-up costs at most this much
+SWEEP_TICK = 0.05         # how often strays that are not our children are looked at
+MAX_FDS = 8               # room for received fds; a start carries 3, extras are closed
 # Dispositions the child must not inherit: the guard's own handlers, and what Python or the
-# worker may have set to SIG_IGN (SIGPIPE, SIGXFSZ; SIGINT in a worker that leaves Ctrl-C to
+# owner may have set to SIG_IGN (SIGPIPE, SIGXFSZ; SIGINT in a worker that leaves Ctrl-C to
 # the runner). subprocess's restore_signals does the same for SIGPIPE and SIGXFSZ.
-_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD)
+# (getattr: Windows imports this module for nothing but lacks most of these.)
+_DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in (
+    "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGXFSZ", "SIGCHLD")
+    if hasattr(signal, name))
+# What the guard is doing with its current child.
+IDLE, RUNNING, STOPPING, SWEEPING = "idle", "running", "stopping", "sweeping"
 
 
 def become_subreaper() -> bool:
@@ -109,22 +125,32 @@ def descendants(root: int, table: "dict | None" = None) -> list:
     return [pid for pid in tree if table[pid][1] != "Z"]
 
 
+def kill_quietly(pid: int, signum: int) -> None:
+    """Send a signal; a process that is gone (or not ours) is not an error."""
+    try:
+        os.kill(pid, signum)
+    except OSError as e:
+        if e.errno not in (errno.ESRCH, errno.EPERM):
+            raise
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 
 
 class Guard:
-    """One child and everything it starts; `run` returns the exit code for the guard."""
+    """Serves one owner over `sock` until EOF, one child at a time; see the module doc."""
 
-    def __init__(self, ctrl_fd: int, grace: float):
-        self.ctrl_fd = ctrl_fd
-        self.grace = grace
-        self.child = 0
-        self.status = None       # the child's exit code once reaped
-        self.stop_asked = False  # by a signal to the guard itself
-        self.subreaper = False
-        self.snapshot = set()    # without a subreaper, orphans must be remembered beforehand
+    def __init__(self, sock):
+        self.sock = sock
+        self.inbox = b""          # received bytes not yet a whole line
+        self.fds = []             # received fds not yet given to a child
+        self.owner_gone = False   # EOF: nobody to answer, nothing more to read
+        self.leaving = False      # exit once idle: EOF, or a stop signal to the guard
+        self.stop_asked = False   # by a signal to the guard itself, not yet acted on
+        self.has_children = True  # what the last waitpid() said
+        self.subreaper = become_subreaper()
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -133,74 +159,184 @@ class Guard:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._on_stop_signal)
+        self._forget_child()
+
+    def _forget_child(self) -> None:
+        self.phase = IDLE
+        self.child = 0
+        self.status = None       # the child's exit code once reaped
+        self.grace = 5.0
+        self.step = 0            # signals sent so far while stopping: SIGINT, SIGTERM, SIGKILL
+        self.deadline = 0.0      # of the current step (STOPPING) or of the sweep (SWEEPING)
+        self.term_wait = 0.0     # SWEEPING: how long strays get between SIGTERM and SIGKILL
+        self.termed = set()      # SIGTERM once each: a second one means "quit now" to some
+        self.snapshot = set()    # without a subreaper, orphans must be remembered beforehand
 
     def _on_stop_signal(self, signum, frame) -> None:
         self.stop_asked = True
 
-    def run(self, exe: str, argv: list) -> int:
-        self.subreaper = become_subreaper()
-        os.set_inheritable(self.ctrl_fd, False)
-        try:
-            # posix_spawn: no fork of a Python process; signals the guard handles or Python
-            # ignores (SIGPIPE) go back to their defaults, and nothing is blocked.
-            self.child = os.posix_spawn(exe, argv, os.environ, setpgroup=0,
-                                        setsigdef=_DEFAULT_SIGNALS, setsigmask=())
-        except OSError as e:
-            os.write(2, ("qw-guard: cannot start %s: %s\n" % (exe, e.strerror)).encode())
-            return EXIT_NOT_STARTED
-        # The worker's pipes now belong to the child: EOF on stdout means the tree closed it.
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.close(devnull)
-        grace = self._watch()
-        if grace is None:     # the child exited by itself: what is left are strays
-            self._sweep(min(self.grace, STRAY_TERM_WAIT))
-        elif self._stop_child(grace):
-            self._sweep(min(grace, STRAY_TERM_WAIT))
-        else:                 # it took SIGKILL: no more politeness for the rest
-            self._sweep(0.0)
-        return self.status if self.status is not None else 128 + signal.SIGKILL
-
-    def _watch(self):
-        """Wait for the child's exit (None) or a stop request (its grace in seconds)."""
+    def serve(self) -> int:
+        """Run children until EOF or a stop signal, then until nothing of the last tree is
+        left; the guard's exit code."""
         while True:
             self._reap()
-            if self.status is not None:
-                return None
             if self.stop_asked:
-                return self.grace
-            ready = _select([self.ctrl_fd, self.wake_r], SAFETY_TICK)
+                self.stop_asked = False
+                self._leave()
+            self._advance(time.monotonic())
+            if self.leaving and self.phase == IDLE:
+                return 0
+            watched = [self.wake_r] if self.owner_gone else [self.wake_r, self.sock]
+            ready = select.select(watched, [], [], self._timeout())[0]
             self._drain_wake()
-            if self.ctrl_fd in ready:
-                return self._read_stop()
+            if self.sock in ready:
+                self._receive()
 
-    def _read_stop(self) -> float:
+    def _timeout(self) -> float:
+        if self.phase == SWEEPING:
+            return SWEEP_TICK
+        if self.phase == STOPPING:
+            return min(SAFETY_TICK, max(0.0, self.deadline - time.monotonic()))
+        return SAFETY_TICK  # a child's exit wakes us through SIGCHLD
+
+    def _advance(self, now: float) -> None:
+        if self.phase == RUNNING and self.status is not None:
+            self._begin_sweep(now, min(self.grace, STRAY_TERM_WAIT))
+        elif self.phase == STOPPING:
+            if self.status is not None:  # it went before SIGKILL: strays get SIGTERM first
+                self._begin_sweep(now, min(self.grace, STRAY_TERM_WAIT) if self.step < 3
+                                  else 0.0)
+            elif now >= self.deadline:
+                self._escalate(now)
+        if self.phase == SWEEPING:
+            self._sweep(now)
+
+    # ----- the socket
+
+    def _receive(self) -> None:
         try:
-            data = os.read(self.ctrl_fd, 512)
-        except OSError:
-            data = b""
-        parts = data.split()
-        if len(parts) >= 2 and parts[0] == b"stop":
-            try:
-                return max(0.0, float(parts[1]))
-            except ValueError:
-                pass
-        return self.grace  # EOF: the worker is gone
+            data, ancillary, _flags, _addr = self.sock.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_FDS * 4), getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+        except OSError:  # ECONNRESET: the owner is gone just the same
+            data, ancillary = b"", []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                for i in range(0, len(payload) - len(payload) % 4, 4):
+                    fd = int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True)
+                    os.set_inheritable(fd, False)  # where MSG_CMSG_CLOEXEC does not exist
+                    self.fds.append(fd)
+        if not data:
+            self.owner_gone = True
+            self._leave()
+            return
+        self.inbox += data
+        while b"\n" in self.inbox:
+            line, self.inbox = self.inbox.split(b"\n", 1)
+            self._handle(line)
 
-    def _stop_child(self, grace: float) -> bool:
-        """SIGINT, grace, SIGTERM, grace, SIGKILL; True if the child went before SIGKILL."""
+    def _handle(self, line: bytes) -> None:
+        word, _, rest = line.partition(b" ")
+        if word == b"start":
+            self._start(rest)
+        elif word == b"stop" and self.phase in (RUNNING, STOPPING):
+            try:
+                grace = max(0.0, float(rest))
+            except ValueError:
+                grace = self.grace
+            self._stop(grace)
+        # A stop for a child that is already gone, or a word from a newer qw: nothing to do.
+
+    def _send(self, line: str) -> None:
+        if self.owner_gone:
+            return
+        try:
+            self.sock.sendall(line.encode("utf-8", "replace") + b"\n")
+        except OSError:
+            self.owner_gone = True
+            self._leave()
+
+    def _leave(self) -> None:
+        """EOF, or a stop signal to the guard: stop the current tree, then exit. (The
+        owner still hears the exit code if it is there.)"""
+        self.leaving = True
+        if self.phase == RUNNING:
+            self._stop(self.grace)
+
+    # ----- one child
+
+    def _start(self, request: bytes) -> None:
+        fds, self.fds = self.fds, []
+        try:
+            if self.phase != IDLE:
+                raise OSError(errno.EBUSY, "this guard already runs a child")
+            if len(fds) != 3:
+                raise OSError(errno.EINVAL, "a start needs 3 fds, got %d" % len(fds))
+            try:
+                req = json.loads(request.decode("ascii"))
+                exe, argv, env, cwd = req["exe"], req["argv"], req["env"], req["cwd"]
+                grace = float(req["grace"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise OSError(errno.EINVAL, "bad start request: %s" % e)
+            self.child = self._spawn(exe, argv, env, cwd, fds)
+        except OSError as e:
+            self._send("error " + json.dumps([e.errno or errno.EIO, e.strerror or str(e),
+                                              e.filename]))
+            return
+        finally:
+            for fd in fds:  # the child has its own copies now, or will never need them
+                os.close(fd)
+        self.grace = grace
+        self.phase = RUNNING
+        self._send("started %d" % self.child)
+
+    def _spawn(self, exe: str, argv: list, env: dict, cwd: str, fds: list) -> int:
+        os.chdir(cwd)  # posix_spawn has no chdir here; this process has one thread
+        try:
+            # posix_spawn: no fork of a Python process; signals the guard handles or Python
+            # ignores (SIGPIPE) go back to their defaults, and nothing is blocked. dup2
+            # clears close-on-exec on 0/1/2 only: every other fd here stays behind.
+            return os.posix_spawn(exe, argv, env, setpgroup=0, setsigdef=_DEFAULT_SIGNALS,
+                                  setsigmask=(),
+                                  file_actions=[(os.POSIX_SPAWN_DUP2, fd, target)
+                                                for target, fd in enumerate(fds)])
+        except OSError as e:
+            if e.filename is None:
+                e.filename = exe
+            raise
+        finally:
+            os.chdir("/")  # hold no directory of the owner's while idle
+
+    def _stop(self, grace: float) -> None:
+        """Begin SIGINT, grace, SIGTERM, grace, SIGKILL; a shorter grace shortens a stop
+        already under way."""
+        now = time.monotonic()
+        if self.phase == STOPPING:
+            if grace < self.grace and self.step < 3:
+                self.grace = grace
+                self.deadline = min(self.deadline, now + grace)
+            return
+        self.grace = grace
         if not self.subreaper:
             self.snapshot.update(descendants(os.getpid()))
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._signal_group(signum)
-            if self._wait_child(time.monotonic() + grace):
-                return True
-        self._signal_group(signal.SIGKILL)
-        for pid in descendants(os.getpid()):  # all at once: the child may be stuck in I/O
-            kill_quietly(pid, signal.SIGKILL)
-        self._wait_child(time.monotonic() + SWEEP_BOUND)
-        return False
+        self.phase = STOPPING
+        self.step = 0
+        self._escalate(now)
+
+    def _escalate(self, now: float) -> None:
+        self.step += 1
+        if self.step == 1:
+            self._signal_group(signal.SIGINT)
+            self.deadline = now + self.grace
+        elif self.step == 2:
+            self._signal_group(signal.SIGTERM)
+            self.deadline = now + self.grace
+        elif self.step == 3:
+            self._signal_group(signal.SIGKILL)
+            for pid in descendants(os.getpid()):  # all at once: it may be stuck in I/O
+                kill_quietly(pid, signal.SIGKILL)
+            self.deadline = now + SWEEP_BOUND
+        else:  # not even SIGKILL took it: give up on it, sweep the rest
+            self._begin_sweep(now, 0.0)
 
     def _signal_group(self, signum: int) -> None:
         try:
@@ -212,53 +348,53 @@ class Guard:
         except PermissionError:
             pass
 
-    def _wait_child(self, deadline: float) -> bool:
-        while True:
-            self._reap()
-            if self.status is not None:
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            _select([self.wake_r], min(left, SAFETY_TICK))
-            self._drain_wake()
+    def _begin_sweep(self, now: float, term_wait: float) -> None:
+        self.phase = SWEEPING
+        self.term_wait = term_wait
+        self.deadline = now  # the sweep's start
+        self.termed = set()
 
-    def _sweep(self, term_wait: float) -> None:
-        """Signal every remaining descendant until none is left: SIGTERM, then SIGKILL."""
-        start = time.monotonic()
-        termed = set()  # SIGTERM once each: a second one means "quit now" to some programs
-        while True:
-            self._reap()
-            pids = descendants(os.getpid())
-            if not self.subreaper:
-                table = process_table()
-                pids += [p for p in self.snapshot if p in table and table[p][1] != "Z"
-                         and p not in pids]
-            if not pids:
-                return
-            elapsed = time.monotonic() - start
-            if elapsed > term_wait + SWEEP_BOUND:
-                os.write(2, ("qw-guard: processes left running: %s\n" % pids).encode())
-                return
-            for pid in pids:
-                if elapsed >= term_wait:
-                    kill_quietly(pid, signal.SIGKILL)
-                elif pid not in termed:
-                    kill_quietly(pid, signal.SIGTERM)
-                    termed.add(pid)
-            # Strays are our children (subreaper): their death wakes us via SIGCHLD.
-            _select([self.wake_r], 0.05)
-            self._drain_wake()
+    def _sweep(self, now: float) -> None:
+        """Signal every remaining descendant, SIGTERM then SIGKILL; report the exit once
+        none is left (or after SWEEP_BOUND, naming what would not die)."""
+        pids = self._strays()
+        elapsed = now - self.deadline
+        if pids and elapsed > self.term_wait + SWEEP_BOUND:
+            self._send("note qw-guard: processes left running: %s" % pids)
+            pids = []
+        if not pids:
+            code = self.status if self.status is not None else 128 + signal.SIGKILL
+            self._forget_child()
+            self._send("exited %d" % code)
+            return
+        for pid in pids:
+            if elapsed >= self.term_wait:
+                kill_quietly(pid, signal.SIGKILL)
+            elif pid not in self.termed:
+                kill_quietly(pid, signal.SIGTERM)
+                self.termed.add(pid)
+
+    def _strays(self) -> list:
+        if self.subreaper and not self.has_children:
+            return []  # every orphan would be our child: no child, no descendant at all
+        pids = descendants(os.getpid())
+        if not self.subreaper and self.snapshot:
+            table = process_table()
+            pids += [p for p in self.snapshot if p in table and table[p][1] != "Z"
+                     and p not in pids]
+        return pids
 
     def _reap(self) -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.has_children = False
                 return
             if pid == 0:
+                self.has_children = True
                 return
-            if pid == self.child:
+            if pid == self.child and self.child:
                 self.status = _exit_code(status)
 
     def _drain_wake(self) -> None:
@@ -268,39 +404,26 @@ class Guard:
         except BlockingIOError:
             pass
 
-
-def _select(fds: list, timeout: float) -> list:
-    return select.select(fds, [], [], timeout)[0]
-
-
-def kill_quietly(pid: int, signum: int) -> None:
-    """Send a signal; a process that is gone (or not ours) is not an error."""
-    try:
-        os.kill(pid, signum)
-    except OSError as e:
-        if e.errno not in (errno.ESRCH, errno.EPERM):
-            raise
-
-
-def parse_args(args: list):
-    """(ctrl_fd, grace, exe, argv) from `--ctrl FD --grace S --exe PATH -- ARGV...`."""
-    opts = {}
-    i = 0
-    while i < len(args) and args[i] != "--":
-        opts[args[i]] = args[i + 1]
-        i += 2
-    argv = args[i + 1:]
-    if not argv or "--ctrl" not in opts:
-        raise ValueError("usage: --ctrl FD [--grace S] [--exe PATH] -- ARGV...")
-    return (int(opts["--ctrl"]), float(opts.get("--grace", "5")),
-            opts.get("--exe", argv[0]), argv)
+    def abandon(self, error: BaseException) -> None:
+        """The last act of a guard that failed: kill its tree, say why."""
+        if self.child:
+            self._signal_group(signal.SIGKILL)
+        for pid in descendants(os.getpid()):
+            kill_quietly(pid, signal.SIGKILL)
+        self._send("note qw-guard failed: %s: %s" % (type(error).__name__, error))
 
 
 def main(args: "list | None" = None) -> int:
-    """Run the guard; the return value is the exit code for the guard process."""
-    try:
-        ctrl_fd, grace, exe, argv = parse_args(sys.argv[1:] if args is None else args)
-    except (ValueError, IndexError) as e:
-        os.write(2, ("qw-guard: %s\n" % e).encode())
+    """Serve the owner at `--sock FD`; the return value is the guard's exit code."""
+    args = sys.argv[1:] if args is None else args
+    if len(args) != 2 or args[0] != "--sock" or not args[1].isdigit():
+        os.write(2, b"qw-guard: usage: --sock FD\n")
         return 2
-    return Guard(ctrl_fd, grace).run(exe, argv)
+    sock = socket.socket(fileno=int(args[1]))
+    sock.set_inheritable(False)  # the owner passed it down; no child may hold it
+    guard = Guard(sock)
+    try:
+        return guard.serve()
+    except BaseException as error:  # a bug: leave no tree behind
+        guard.abandon(error)
+        return 70

@@ -3,7 +3,7 @@
 The worker's view of one supervised child:
 
     start_child(argv, env=..., cwd=..., stdin_data=prompt) -> Child
-        POSIX:   worker ─ctrl pipe─► guard (qw.guard: own session, subreaper) ─► child ─► tree
+        POSIX:   worker ─socket─► guard (qw.guard: own session, subreaper) ─► child ─► tree
         Windows: worker ─(job handle, kill-on-close)─► child ─► tree, all in one Job object
 
     Child.read_line(timeout)  stdout, line by line (a reader thread fills a queue: select()
@@ -11,9 +11,12 @@ The worker's view of one supervised child:
     Child.stop(grace)         SIGINT -> grace -> SIGTERM -> grace -> SIGKILL, the whole tree
     Child.poll()/wait()       an exit code only once nothing of the tree is left
 
-If the worker dies, even by SIGKILL, the guard reads EOF on the control pipe (Windows: the
-kernel closes the job handle) and the tree is stopped the same way. The prompt goes in through
-stdin from a writer thread, so a prompt larger than a pipe buffer cannot deadlock the reader.
+The guard is long-lived: one per process that starts children, kept for every later child
+(one more per child running at the same time; qw.guardlink keeps them). The worker makes the
+child's pipes, and the guard spawns the child with them. If the worker dies, even by
+SIGKILL, or exits, the guard reads EOF on its socket (Windows: the kernel closes the job
+handle) and the tree is stopped the same way. The prompt goes in through stdin from a
+writer thread, so a prompt larger than a pipe buffer cannot deadlock the reader.
 `preexec_fn` is never used: the worker runs threads.
 """
 
@@ -26,11 +29,11 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
+import time
 from typing import Callable, Optional
 
-from qw import guard
+from qw import guard, guardlink
 
 STDERR_TAIL_BYTES = 4096
 KILL_WAIT = 5.0   # seconds to wait for a process after a kill that cannot be refused
@@ -41,25 +44,24 @@ GUARD_BOUND = 2 * guard.SWEEP_BOUND + guard.STRAY_TERM_WAIT + 2.0
 # Windows has no SIGKILL; os.kill() there means TerminateProcess whatever the signal.
 _SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 
-# Where the `qw` package lives: a directory, or the .pyz file itself (zipimport reads it).
-_PKGROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# os._exit: the guard writes only with os.write and has nothing to finalise; skipping the
-# interpreter's shutdown makes its exit (the worker's "done") a few milliseconds sooner.
-_GUARD_CODE = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
-               "from qw.guard import main; os._exit(main(sys.argv[2:]))")
-
 
 class Child:
     """One supervised child process tree and the threads that feed and drain its pipes.
 
-    `pid` is the guard's pid on POSIX and the child's pid on Windows. An exit code from
-    poll(), wait() or stop() means the child and everything it started are gone.
+    `pid` is the child's own pid (the root of the tree it starts); `guard_pid` the pid of
+    its guard on POSIX (None on Windows). An exit code from poll(), wait() or stop() means
+    the child and everything it started are gone.
     """
 
-    def __init__(self, proc: subprocess.Popen, stdin_data: bytes, grace: float):
-        self.pid = proc.pid
-        self._proc = proc
+    guard_pid: Optional[int] = None
+
+    def __init__(self, pid: int, stdin, stdout, stderr, stdin_data: bytes, grace: float):
+        self.pid = pid
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
         self._grace = grace
+        self._code: Optional[int] = None
         self._lines: queue.Queue = queue.Queue()
         self._at_eof = False
         self._tail: collections.deque = collections.deque()
@@ -69,8 +71,8 @@ class Child:
         self._threads = [_daemon(self._feed_stdin, stdin_data, name="stdin"),
                          _daemon(self._read_stdout, name="stdout"),
                          _daemon(self._read_stderr, name="stderr"),
-                         # Popen.wait(timeout) polls with sleeps of up to 50 ms; a thread
-                         # blocked in waitpid() reports the exit at once.
+                         # A thread blocked until the tree is gone reports it at once, where
+                         # a poll with sleeps (Popen.wait(timeout)) would lag.
                          _daemon(self._wait_for_exit, name="wait")]
 
     def read_line(self, timeout: float) -> Optional[bytes]:
@@ -87,7 +89,7 @@ class Child:
 
     def poll(self) -> Optional[int]:
         """The child's exit code (128 + n for signal n) once the tree is gone, else None."""
-        return self._exit_code(self._proc.returncode) if self._exited.is_set() else None
+        return self._code if self._exited.is_set() else None
 
     def wait(self, timeout: float) -> Optional[int]:
         """Like poll(), waiting at most `timeout` seconds for the tree to finish."""
@@ -114,8 +116,7 @@ class Child:
         stdin_thread.join(JOIN_WAIT)
         # A pipe is closed only once its reader is done with it; a stray that escaped and
         # still holds the pipe leaves a daemon thread behind instead of a crash.
-        for thread, pipe in ((stdout_thread, self._proc.stdout),
-                             (stderr_thread, self._proc.stderr)):
+        for thread, pipe in ((stdout_thread, self._stdout), (stderr_thread, self._stderr)):
             thread.join(JOIN_WAIT)
             if not thread.is_alive():
                 pipe.close()
@@ -126,33 +127,30 @@ class Child:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _exit_code(self, returncode: int) -> int:
-        return returncode
-
-    def _on_exit(self) -> None:
-        """Called once, from the waiting thread, before poll() reports the exit."""
+    def _wait_tree(self) -> int:
+        """Block until the child and its tree are gone; return the exit code."""
+        raise NotImplementedError
 
     def _wait_for_exit(self) -> None:
-        self._proc.wait()
-        self._on_exit()
+        self._code = self._wait_tree()
         self._exited.set()
 
     def _feed_stdin(self, data: bytes) -> None:
         # An OSError means the child exited without reading it all: its result will say why.
         try:
             if data:
-                self._proc.stdin.write(data)
+                self._stdin.write(data)
         except OSError:
             pass
         finally:
             try:
-                self._proc.stdin.close()
+                self._stdin.close()
             except OSError:
                 pass
 
     def _read_stdout(self) -> None:
         try:
-            for line in iter(self._proc.stdout.readline, b""):
+            for line in iter(self._stdout.readline, b""):
                 self._lines.put(line)
         except (OSError, ValueError):
             pass
@@ -160,14 +158,17 @@ class Child:
 
     def _read_stderr(self) -> None:
         try:
-            for chunk in iter(lambda: self._proc.stderr.read1(65536), b""):
-                with self._tail_lock:
-                    self._tail.append(chunk)
-                    self._tail_size += len(chunk)
-                    while self._tail_size - len(self._tail[0]) >= STDERR_TAIL_BYTES:
-                        self._tail_size -= len(self._tail.popleft())
+            for chunk in iter(lambda: self._stderr.read1(65536), b""):
+                self._add_to_tail(chunk)
         except (OSError, ValueError):
             pass
+
+    def _add_to_tail(self, chunk: bytes) -> None:
+        with self._tail_lock:
+            self._tail.append(chunk)
+            self._tail_size += len(chunk)
+            while self._tail_size - len(self._tail[0]) >= STDERR_TAIL_BYTES:
+                self._tail_size -= len(self._tail.popleft())
 
 
 def start_child(argv: list, *, env: dict, cwd: str, stdin_data: bytes,
@@ -258,66 +259,85 @@ def _environments():
 
 
 # ---------------------------------------------------------------------------------------
-# POSIX: the guard process (qw/guard.py) owns the tree.
+# POSIX: a guard process (qw/guard.py, reached through qw/guardlink.py) owns the tree.
 
 class _GuardedChild(Child):
-    """A child under a guard process; `pid` is the guard's."""
+    """A child under a guard process, which reports the end of its tree over `link`."""
 
-    def __init__(self, proc: subprocess.Popen, ctrl, stdin_data: bytes, grace: float):
-        self._ctrl = ctrl  # the write end: closing it, or dying, stops the tree
-        super().__init__(proc, stdin_data, grace)
+    def __init__(self, link, pid: int, pipes: tuple, stdin_data: bytes, grace: float):
+        self._link = link
+        self._link_released = False
+        self.guard_pid = link.pid
+        super().__init__(pid, *pipes, stdin_data, grace)
 
     def stop(self, grace: Optional[float] = None) -> Optional[int]:
         code = self.poll()
         if code is not None:
             return code
         grace = self._grace if grace is None else grace
-        self._close_ctrl(b"stop %r\n" % grace)
+        self._link.stop(grace)
         # The guard's own worst case: two graces, the SIGKILL wait and its final sweep.
         code = self.wait(2 * grace + GUARD_BOUND)
-        if code is None:  # the guard itself is stuck: do its job from here
-            pids = tree_pids(self.pid)
-            for pid in [self.pid] + pids:
-                guard.kill_quietly(pid, signal.SIGKILL)
-            code = self.wait(KILL_WAIT)
+        if code is None:  # the guard itself is stuck: without it, the tree dies from here
+            self._link.kill()
+            code = self.wait(2 * KILL_WAIT)
         return code
 
     def close(self) -> None:
         super().close()
-        self._close_ctrl(b"")
+        if not self._link_released:
+            self._link_released = True
+            guardlink.POOL.release(self._link)  # kept only if the guard is idle and well
 
-    def _exit_code(self, returncode: int) -> int:
-        return 128 - returncode if returncode < 0 else returncode
+    def _wait_tree(self) -> int:
+        while True:
+            word, rest = self._link.read_reply()
+            if word == "exited":
+                return int(rest)
+            if word == "note":
+                self._add_to_tail(rest.encode("utf-8") + b"\n")
+            elif word is None:
+                break
+        # The guard died (killed, or failed) while the tree may still run.
+        pids = [self.pid] + tree_pids(self.pid)
+        guard.kill_quietly(-self.pid, signal.SIGKILL)  # the child's process group
+        for pid in pids:
+            guard.kill_quietly(pid, signal.SIGKILL)
+        _wait_gone(pids, KILL_WAIT)
+        return 128 + signal.SIGKILL
 
-    def _close_ctrl(self, message: bytes) -> None:
-        if self._ctrl.closed:
+
+def _wait_gone(pids: list, timeout: float) -> None:
+    """Wait (bounded) until none of `pids` is alive. They are not our children, so there
+    is no handle to block on: look every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = guard.process_table()
+        if not any(pid in table and table[pid][1] != "Z" for pid in pids):
             return
-        try:
-            if message:
-                self._ctrl.write(message)
-        except OSError:
-            pass  # the guard is already gone
-        finally:
-            self._ctrl.close()
+        time.sleep(0.02)
 
 
 def _start_posix(exe: str, argv: list, env: dict, cwd: str, stdin_data: bytes,
                  grace: float) -> Child:
-    ctrl_r, ctrl_w = os.pipe()
-    # -I: no PYTHON* variables or user site; -S: no site at all. The guard needs only the
-    # standard library, and site's .pth files can cost tens of milliseconds.
-    cmd = [sys.executable, "-I", "-S", "-c", _GUARD_CODE, _PKGROOT,
-           "--ctrl", str(ctrl_r), "--grace", repr(float(grace)), "--exe", exe, "--"] + argv
+    # The child's ends go to the guard and are closed here, so that EOF on stdout means
+    # the child's tree closed it. All six are close-on-exec: no other child inherits them.
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                pass_fds=(ctrl_r,), start_new_session=True)
+        link, pid = guardlink.POOL.start(os.path.abspath(exe), argv, env,
+                                         os.path.abspath(cwd), grace,
+                                         (stdin_r, stdout_w, stderr_w))
     except BaseException:
-        os.close(ctrl_w)
+        for fd in (stdin_w, stdout_r, stderr_r):
+            os.close(fd)
         raise
     finally:
-        os.close(ctrl_r)
-    return _GuardedChild(proc, open(ctrl_w, "wb", buffering=0), stdin_data, grace)
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    pipes = (open(stdin_w, "wb"), open(stdout_r, "rb"), open(stderr_r, "rb"))
+    return _GuardedChild(link, pid, pipes, stdin_data, grace)
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,7 +357,8 @@ class _JobChild(Child):
         self._win32 = win32
         self._job = job
         self._job_lock = threading.Lock()
-        super().__init__(proc, stdin_data, grace)
+        self._proc = proc
+        super().__init__(proc.pid, proc.stdin, proc.stdout, proc.stderr, stdin_data, grace)
 
     def stop(self, grace: Optional[float] = None) -> Optional[int]:
         code = self.poll()
@@ -357,10 +378,12 @@ class _JobChild(Child):
             code = self.wait(KILL_WAIT)
         return code
 
-    def _on_exit(self) -> None:
+    def _wait_tree(self) -> int:
+        code = self._proc.wait()
         # What the child left in the job (a background job holding stdout open) dies with
         # it, so read_line sees EOF as soon as the child exits.
         self._close_job()
+        return code
 
     def _close_job(self) -> None:
         with self._job_lock:

@@ -136,7 +136,8 @@ def test_orphans_are_killed_when_the_child_exits_normally(marker, tmp_path):
     assert child.read_line(BOUND) == b"ready\n"
     # The child, a sleep in its own session, a background job, a stubborn one in its own
     # session: all under the guard, whatever session they are in.
-    assert len(proctree.tree_pids(child.pid)) >= 4
+    assert len(proctree.tree_pids(child.guard_pid)) >= 4
+    assert len(proctree.tree_pids(child.pid)) >= 2  # the background job is the guard's
     with open(str(fifo), "wb"):
         pass  # lets the child exit 0, leaving its grandchildren behind
     # The grandchildren hold stdout open: EOF means the guard has killed them.
@@ -152,7 +153,8 @@ def test_tree_dies_when_the_worker_is_sigkilled(marker):
     try:
         words = read_line_within(worker.stdout, BOUND).split()
         assert words[0] == b"ready", words
-        guard_pid = int(words[1])
+        guard_pid = guard.process_table()[int(words[1])][0]  # the child's parent
+        assert guard_pid != worker.pid
         assert len(proctree.tree_pids(guard_pid)) >= 4  # child + 3 grandchildren
         worker.kill()
         assert worker.wait(BOUND) == -signal.SIGKILL
@@ -185,13 +187,162 @@ def test_a_missing_command_is_file_not_found(marker):
                              stdin_data=b"")
 
 
-def test_guard_reports_127_when_the_command_cannot_start(marker, tmp_path):
-    # start_child checks the command first; the guard's own check covers a vanished file.
-    child = proctree._start_posix(str(tmp_path / "gone"), ["gone"], marker.env, os.getcwd(),
-                                  b"", 1.0)
-    assert child.wait(BOUND) == 127
+def test_a_command_that_vanished_is_file_not_found_and_the_guard_stays(marker, tmp_path):
+    # start_child checks the command first; the guard's posix_spawn covers a vanished file.
+    with pytest.raises(FileNotFoundError) as raised:
+        proctree._start_posix(str(tmp_path / "gone"), ["gone"], marker.env, os.getcwd(),
+                              b"", 1.0)
+    assert raised.value.filename == str(tmp_path / "gone")
+    with start(marker, "lines", "1", "0") as child:
+        assert read_all(child) == [b"line 0\n"]
+        assert child.wait(BOUND) == 0
+
+
+def test_a_missing_cwd_is_file_not_found(marker, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        proctree.start_child(CHILD + ["lines", "1", "0"], env=marker.env,
+                             cwd=str(tmp_path / "no-such-dir"), stdin_data=b"")
+
+
+def test_the_child_runs_in_cwd_with_env_and_only_fds_0_1_2(marker, tmp_path):
+    code = ("import os\n"
+            "fds = []\n"
+            "for fd in range(3, 256):\n"
+            "    try:\n"
+            "        os.fstat(fd)\n"
+            "        fds.append(fd)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "print(os.getcwd(), os.environ['QW_TASK_ID'], fds, os.getpgid(0) == os.getpid())\n")
+    with proctree.start_child([sys.executable, "-c", code], env=marker.env,
+                              cwd=str(tmp_path), stdin_data=b"") as child:
+        assert read_all(child) == [("%s 1 [] True\n" % tmp_path).encode()]
+        assert child.wait(BOUND) == 0
+
+
+def test_one_guard_serves_one_child_after_another(marker):
+    guards = set()
+    for code in (3, 0, 5):
+        with start(marker, "lines", "1", str(code)) as child:
+            assert read_all(child) == [b"line 0\n"]
+            assert child.wait(BOUND) == code
+            guards.add(child.guard_pid)
+    assert len(guards) == 1
+
+
+def test_children_at_the_same_time_get_a_guard_each(marker):
+    first, second = start(marker, "sleep"), start(marker, "sleep")
+    try:
+        assert first.read_line(BOUND) == b"ready\n"
+        assert second.read_line(BOUND) == b"ready\n"
+        assert first.guard_pid != second.guard_pid
+        assert second.stop() == 128 + signal.SIGINT
+        assert first.poll() is None  # stopping one leaves the other alone
+        assert first.stop() == 128 + signal.SIGINT
+    finally:
+        first.close()
+        second.close()
+    assert marked_pids(marker.run_id) == []
+
+
+def test_a_guard_that_died_while_idle_is_replaced(marker):
+    with start(marker, "lines", "0", "0") as child:
+        assert child.wait(BOUND) == 0
+    dead = child.guard_pid
+    os.kill(dead, signal.SIGKILL)
+    wait_until(lambda: guard.process_table().get(dead, (0, "Z"))[1] == "Z", BOUND,
+               "the idle guard to die")
+    with start(marker, "lines", "1", "0") as child:
+        assert read_all(child) == [b"line 0\n"]
+        assert child.wait(BOUND) == 0
+        assert child.guard_pid != dead
+
+
+def test_when_the_guard_is_killed_the_tree_dies_from_here(marker):
+    child = start(marker, "ignore")
+    assert child.read_line(BOUND) == b"ready\n"
+    os.kill(child.guard_pid, signal.SIGKILL)
+    assert child.wait(BOUND) == 128 + signal.SIGKILL
+    assert marked_pids(marker.run_id) == []
     child.close()
-    assert "cannot start" in child.stderr_tail()
+
+
+# An owner of guards other than this test process: the tests' child, then a way to exit.
+OWNER = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from qw import proctree
+
+def start(*args):
+    return proctree.start_child([sys.executable, sys.argv[2]] + list(args),
+                                env=dict(os.environ), cwd=os.getcwd(), stdin_data=b"",
+                                grace=0.5)
+
+def run_one():
+    with start("lines", "1", "0") as child:
+        assert child.read_line(30) == b"line 0\\n"
+        assert child.wait(30) == 0
+        return child.guard_pid
+
+mode = sys.argv[3]
+if mode == "running":      # exits normally while its child runs, without closing it
+    child = start("sleep")
+    assert child.read_line(30) == b"ready\\n"
+    print(child.pid, child.guard_pid, flush=True)
+elif mode == "idle":       # exits normally with its guard idle
+    print(run_one(), flush=True)
+elif mode == "fork":       # its forked child starts a guard of its own, then waits
+    first = run_one()
+    if os.fork() == 0:
+        print("forked", os.getpid(), run_one(), flush=True)
+        os.read(0, 1)
+        os._exit(0)
+    print("owner", first, flush=True)
+"""
+
+
+def start_owner(marker, mode: str):
+    root = str(Path(__file__).resolve().parent.parent)
+    return subprocess.Popen([sys.executable, "-c", OWNER, root, str(FAKES / "child.py"), mode],
+                            env=marker.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def gone(pid: int) -> bool:
+    return guard.process_table().get(pid, (0, "Z"))[1] == "Z"
+
+
+@pytest.mark.parametrize("mode", ["running", "idle"])
+def test_the_guard_exits_when_its_owner_exits(marker, mode):
+    owner = start_owner(marker, mode)
+    try:
+        pids = [int(word) for word in read_line_within(owner.stdout, BOUND).split()]
+        assert owner.wait(BOUND) == 0
+        for pid in pids:  # the running child (stopped), and the guard
+            wait_until(lambda: gone(pid), BOUND, "pid %d to exit after its owner" % pid)
+    finally:
+        owner.kill()
+        owner.wait(BOUND)
+        owner.stdin.close()
+        owner.stdout.close()
+
+
+def test_a_forked_child_has_guards_of_its_own(marker):
+    owner = start_owner(marker, "fork")
+    try:
+        lines = sorted(read_line_within(owner.stdout, BOUND).split() for _ in range(2))
+        (_, forked, forked_guard), (_, owner_guard) = lines
+        assert forked_guard != owner_guard
+        assert owner.wait(BOUND) == 0
+        # The fork still lives, but it closed its copy of the owner's socket at once.
+        wait_until(lambda: gone(int(owner_guard)), BOUND, "the owner's guard to exit")
+        assert not gone(int(forked)) and not gone(int(forked_guard))
+        os.kill(int(forked), signal.SIGKILL)
+        wait_until(lambda: gone(int(forked_guard)), BOUND, "the fork's guard to exit")
+    finally:
+        owner.kill()
+        owner.wait(BOUND)
+        owner.stdin.close()
+        owner.stdout.close()
 
 
 def test_kill_marked_kills_detached_processes_of_that_task(marker):
@@ -209,12 +360,6 @@ def test_kill_marked_kills_detached_processes_of_that_task(marker):
     assert proctree.kill_marked(marker.run_id) == []
 
 
-
-
-def test_process_table_from_ps_agrees_with_proc():
-    if not os.path.exists("/usr/bin/ps") and not os.path.exists("/bin/ps"):
-        pytest.skip("no ps here")
-    assert guard._ps_table()[os.getpid()][0] == guard._proc_table()[os.getpid()][0]
 
 
 # ---------------------------------------------------------------------------------------
