@@ -1,7 +1,8 @@
 """The approval gates and a spec's workflow state on disk (issue 8).
 
     .qw/state/<spec>.workflow.json   {"format": 1, "spec": ..., "approvals": {phase: {by, at,
-                                     sha256}}, "tests": {passed, command, at}}
+                                     sha256}}, "tests": {passed, command, at},
+                                     "description": the feature, as `qw new` was given it}
 
 `qw approve SPEC [PHASE]` records who approved a document phase and when, and writes the
 marker spec-workflow's dashboard reads: its parser (claude-code-spec-workflow,
@@ -92,6 +93,18 @@ def record_tests(repo: str, spec: str, passed: bool, command: Optional[str],
         "tests", {"passed": bool(passed), "command": command, "at": at}))
 
 
+def record_description(repo: str, spec: str, description: str) -> None:
+    """Keep the feature description `qw new` was given: every document phase's prompt
+    starts from it, in this run and in later `qw workflow` runs. Under the spec's lock."""
+    update_state(repo, spec, lambda state: state.__setitem__("description", description))
+
+
+def description_of(repo: str, spec: str) -> Optional[str]:
+    """The description `qw new` recorded for the spec, or None (a spec written by hand)."""
+    found = read_state(repo, spec).get("description")
+    return found if isinstance(found, str) else None
+
+
 def approvals(repo: str, spec: str) -> Dict[str, dict]:
     """{phase: {"by", "at", "sha256"}} of the approvals qw has recorded for the spec."""
     recorded = read_state(repo, spec).get("approvals")
@@ -108,37 +121,46 @@ def approve(repo: str, spec: str, phase: Optional[str] = None, who: Optional[str
     document that is missing or does not validate, or an earlier document not yet approved;
     LockHeld while a run holds the spec.
     """
-    from qw.journal import atomic_write
     from qw.lock import SpecLock
-    from qw.specdir import read_text, resolve_spec
+    from qw.specdir import resolve_spec
 
     paths = resolve_spec(repo, spec)
-    spec = paths.name
     if phase is not None and phase not in DOCUMENT_PHASES:
-        raise UsageError(f"unknown phase {phase!r}", f"qw approve {spec}",
+        raise UsageError(f"unknown phase {phase!r}", f"qw approve {paths.name}",
                          "approve one of " + ", ".join(DOCUMENT_PHASES))
-    lock = SpecLock(os.path.join(repo, ".qw", "locks", f"{spec}.lock"))
-    with lock.acquire({"command": f"qw approve {spec}"}):
-        texts = {p: _read_optional(os.path.join(paths.dir, DOCUMENT_FILES[p]), read_text)
-                 for p in DOCUMENT_PHASES}
-        recorded = approvals(repo, spec)
-        done = set(recorded) | {p for p in DOCUMENT_PHASES
-                                             if texts[p] is not None and MARKER in texts[p]}
-        if phase is None:
-            phase = _default_phase(spec, texts, done)
-        document = os.path.join(paths.dir, DOCUMENT_FILES[phase])
-        _check_approvable(spec, phase, document, texts, done)
-        text = texts[phase]
-        recorded_before = recorded.get(phase)
-        by = (recorded_before or {}).get("by") or who or _user()
-        at = (recorded_before or {}).get("at") or _iso(now)
-        marker_written = MARKER not in text
-        if marker_written:
-            atomic_write(document, with_marker(text, by, at).encode("utf-8"))
-        if recorded_before is None:
-            digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-            update_state(repo, spec, lambda state: state.setdefault("approvals", {}).update(
-                {phase: {"by": by, "at": at, "sha256": digest}}))
+    lock = SpecLock(os.path.join(repo, ".qw", "locks", f"{paths.name}.lock"))
+    with lock.acquire({"command": f"qw approve {paths.name}"}):
+        return approve_locked(repo, paths, phase, who, now)
+
+
+def approve_locked(repo: str, paths, phase: Optional[str] = None, who: Optional[str] = None,
+                   now: Optional[datetime.datetime] = None) -> ApprovalResult:
+    """approve() for a caller that holds the spec's lock already (a workflow approving
+    each document as it validates, with --auto-approve); `paths` is its SpecPaths."""
+    from qw.journal import atomic_write
+    from qw.specdir import read_text
+
+    spec = paths.name
+    texts = {p: _read_optional(os.path.join(paths.dir, DOCUMENT_FILES[p]), read_text)
+             for p in DOCUMENT_PHASES}
+    recorded = approvals(repo, spec)
+    done = set(recorded) | {p for p in DOCUMENT_PHASES
+                            if texts[p] is not None and MARKER in texts[p]}
+    if phase is None:
+        phase = _default_phase(spec, texts, done)
+    document = os.path.join(paths.dir, DOCUMENT_FILES[phase])
+    _check_approvable(spec, phase, document, texts, done)
+    text = texts[phase]
+    recorded_before = recorded.get(phase)
+    by = (recorded_before or {}).get("by") or who or _user()
+    at = (recorded_before or {}).get("at") or _iso(now)
+    marker_written = MARKER not in text
+    if marker_written:
+        atomic_write(document, with_marker(text, by, at).encode("utf-8"))
+    if recorded_before is None:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        update_state(repo, spec, lambda state: state.setdefault("approvals", {}).update(
+            {phase: {"by": by, "at": at, "sha256": digest}}))
     return ApprovalResult(spec, phase, document, by, at, recorded=recorded_before is None,
                           marker_written=marker_written)
 
@@ -167,7 +189,7 @@ def _default_phase(spec: str, texts: Dict[str, Optional[str]], done: set) -> str
         raise SpecError(f"spec {spec!r} has no documents to approve yet", f"qw approve {spec}",
                         f"write them first in .claude/specs/{spec}/")
     raise UsageError(f"every document of spec {spec!r} is approved already",
-                     f"qw approve {spec}", f"carry on with `qw run {spec}`")
+                     f"qw approve {spec}", f"carry on with `qw workflow {spec}`")
 
 
 def _check_approvable(spec: str, phase: str, document: str,

@@ -184,6 +184,24 @@ def _args_approve(p: argparse.ArgumentParser) -> None:
                    help="requirements, design or tasks (default: the next unapproved one)")
 
 
+def _args_new(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="the new spec's name (.claude/specs/SPEC/)")
+    p.add_argument("description", metavar="DESCRIPTION",
+                   help="what the feature does, in a sentence or a page (quote it)")
+    _auto_approve_arg(p)
+
+
+def _args_workflow(p: argparse.ArgumentParser) -> None:
+    _spec_arg(p)
+    _auto_approve_arg(p)
+
+
+def _auto_approve_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auto-approve", action="store_true",
+                   help="approve each document once it validates and go on, instead of "
+                        "stopping at each gate ([workflow] auto_progression)")
+
+
 def _args_hook(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", metavar="ACTION", choices=("install", "uninstall", "stop"),
                    help="install or uninstall qw's Stop/SubagentStop hooks in "
@@ -225,6 +243,10 @@ COMMANDS: List[Command] = [
             _args_dashboard, "qw.commands:cmd_dashboard"),
     Command("stats", "attempts, success rate, durations, cost and retries, per agent",
             _args_status, "qw.commands:cmd_stats"),
+    Command("new", "create a spec from a description: requirements, design, tasks, with "
+            "approval gates", _args_new, "qw.workflow_commands:cmd_new"),
+    Command("workflow", "carry a spec on to its next gate: documents, run, tests, review",
+            _args_workflow, "qw.workflow_commands:cmd_workflow"),
     Command("approve", "approve a spec document (writes the ✅ APPROVED marker)",
             _args_approve, "qw.workflow_commands:cmd_approve"),
     Command("hook", "install or remove the Claude Code hooks that suggest the next step",

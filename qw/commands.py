@@ -152,8 +152,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     views = gather_status(repo, args.spec)
     if args.json:
         report.print_json(views[0] if args.spec else views)
-    else:
+    elif not views:
         report.print_status(views)
+    else:
+        from qw.status import render_phase
+
+        for view in views:   # each spec's table, then its workflow phase
+            report.print_status([view])
+            sys.stdout.write(render_phase(view))
     return EXIT_OK
 
 

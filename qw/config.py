@@ -73,6 +73,7 @@ KEYS: Tuple[Key, ...] = (
     Key("run", "max_pause", DURATION, "6h", low=0),
     Key("run", "budget_usd", FLOAT, 0.0, low=0),
     Key("run", "verify", STR, ""),
+    Key("run", "verify_timeout", DURATION, "10m", low=1),
     Key("plan", "dependencies", CHOICE, "infer", choices=("infer", "explicit", "sequential")),
     Key("plan", "undeclared", CHOICE, "serial", choices=("serial", "parallel")),
     Key("claude", "command", STR, "claude"),
@@ -110,7 +111,8 @@ class RunConfig:
     timeout_multiplier: float
     max_pause: float
     budget_usd: float
-    verify: str
+    verify: str                    # "" = none; a task's _Verify: line wins
+    verify_timeout: float
 
 
 @dataclass(frozen=True)

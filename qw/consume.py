@@ -9,7 +9,7 @@
 
 The file is input from anywhere (a model, a person, a script), so it is parsed, never run:
 shell metacharacters refuse it outright, then shlex splits it and only
-`qw approve SPEC [PHASE]` and `qw run SPEC` for a spec that exists pass, spelled `qw ...`,
+`qw approve SPEC [PHASE]`, `qw run SPEC` and `qw workflow SPEC` for a spec that exists pass, spelled `qw ...`,
 `python <path>/qw.pyz ...` or `python -m qw ...`, with no options. What passes reaches qw
 through `runner`, a callable taking qw's argv and returning its exit code (qw's own CLI,
 in-process or as a subprocess of the same qw): no shell ever sees the text.
@@ -41,7 +41,7 @@ MAX_COMMAND_LENGTH = 1000
 # alone refuses the suggestion, before any parsing could be talked into something else.
 METACHARACTERS = set(";|&$><`\n\r\x00")
 # Commands and how many arguments after SPEC each takes.
-ALLOWED = {"run": (0, 0), "approve": (0, 1)}   # `workflow` joins when it exists
+ALLOWED = {"run": (0, 0), "approve": (0, 1), "workflow": (0, 0)}
 _PYTHON = re.compile(r"^(?:python(?:\d+(?:\.\d+)*)?|py)(?:\.exe)?$", re.IGNORECASE)
 
 NOTHING, RAN, FAILED, REFUSED = "nothing", "ran", "failed", "refused"
@@ -83,7 +83,7 @@ def parse_command(text: str, specs: Sequence[str]) -> Tuple[str, ...]:
     if found:
         shown = " ".join(repr(c) for c in found)
         raise UsageError(f"shell metacharacters ({shown}) in the suggestion", where,
-                         "only `qw approve|run SPEC` is ever run, never a shell")
+                         "only `qw approve|run|workflow SPEC` is ever run, never a shell")
     try:
         words = shlex.split(line, posix=os.name != "nt")
     except ValueError as error:
@@ -97,7 +97,7 @@ def parse_command(text: str, specs: Sequence[str]) -> Tuple[str, ...]:
                          "are run")
     if not rest:
         raise UsageError("no qw command in the suggestion", where,
-                         "expected `qw approve|run SPEC`")
+                         "expected `qw approve|run|workflow SPEC`")
     command, args = rest[0], rest[1:]
     if command not in ALLOWED:
         raise UsageError(f"qw {command} is not a workflow command", where,

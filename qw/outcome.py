@@ -31,6 +31,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 # Not produced by classify(): the kind of an attempt qw itself cancelled (Ctrl-C, a run
 # that is stopping). It is not the task's fault, so no retry policy judges it.
 INTERRUPTED = "interrupted"
+# Not produced by classify() either: the worker's verdict on an attempt whose claude session
+# succeeded but whose verify command ([run] verify, a task's _Verify:) failed (it exited
+# non-zero or ran past [run] verify_timeout), or could not be started at all.
+VERIFY_FAILED = "verify_failed"
+VERIFY_ERROR = "verify_error"
 
 KINDS = ("ok", "auth", "rate_limited", "overloaded", "server_error", "usage_limit", "timeout",
          "hung", "max_turns", "budget", "crashed", "denied")

@@ -114,15 +114,24 @@ def current_phase(facts: SpecFacts) -> str:
 
 def next_command(spec: str, phase: str, step: str = RUN) -> Optional[str]:
     """The qw command that advances a spec at `phase` (and `step`), or None when no command
-    can: before the spec exists (a human gives the description) and once it is complete."""
-    # `qw new` and `qw workflow`, which write documents and run the test and review phases,
-    # are not built yet: until they are, only approvals and implementation have a command.
+    can: before the spec exists (`qw new SPEC "description"` needs a human's description)
+    and once it is complete. A document waiting at its gate is approved; everything else
+    is `qw workflow`, which writes the documents, runs the tasks, the tests and the review."""
     name = shlex.quote(spec)
+    if phase in (STEERING, COMPLETE):
+        return None
     if phase in DOCUMENT_PHASES and step == APPROVE:
         return f"qw approve {name} {phase}"
-    if phase == IMPLEMENTATION:
-        return f"qw run {name}"
-    return None
+    return f"qw workflow {name}"
+
+
+def phase_line(position: Position, tasks_done: Optional[int] = None,
+               tasks_total: Optional[int] = None) -> str:
+    """One line saying where a spec stands, for `qw status`: `implementation (tasks 3/7
+    done)`, `design (design.md waits for approval)`."""
+    if position.phase == IMPLEMENTATION and tasks_total is not None:
+        return f"{IMPLEMENTATION} (tasks {tasks_done or 0}/{tasks_total} done)"
+    return f"{position.phase} ({position.why})"
 
 
 def hook_suggestion(spec: str, position: Position) -> Optional[str]:
@@ -342,10 +351,24 @@ _GOALS = {
 
 def document_path(spec_name: str, phase: str) -> str:
     """Where a phase's document lives, relative to the repository root, with `/`."""
+    return f".claude/specs/{spec_name}/{_document_name(phase)}"
+
+
+def draft_path(spec_name: str, phase: str) -> str:
+    """Where a phase's child writes its document, relative to the repository root.
+
+    Not the document's own place: Claude Code 2.1 refuses a headless child's writes under
+    `.claude/` ("a sensitive file"), whatever the permission mode's allow rules say. qw
+    validates the draft and then moves it into place, so the spec folder never holds a
+    child's half-done or invalid document either."""
+    return f".qw/drafts/{spec_name}/{_document_name(phase)}"
+
+
+def _document_name(phase: str) -> str:
     name = DOCUMENT_FILES.get(phase) or (REVIEW_FILE if phase == REVIEW else None)
     if name is None:
         raise ValueError(f"phase {phase!r} writes no document")
-    return f".claude/specs/{spec_name}/{name}"
+    return name
 
 
 def phase_prompt(phase: str, spec_name: str, description: str,
@@ -362,15 +385,16 @@ def phase_prompt(phase: str, spec_name: str, description: str,
     parts = [_GOALS[phase], "", f"Spec: {spec_name}", "", "Feature description:",
              description.strip() or "(none given: work from the documents below)"]
     if phase in _FORMATS:
-        target = document_path(spec_name, phase)
-        parts += ["", f"Write the whole document to `{target}` (create or replace that one "
-                  "file; change no other file). qw checks it after you finish and asks again "
-                  "if it does not follow these rules:"]
+        parts += ["", f"Write the whole document to `{draft_path(spec_name, phase)}` (create "
+                  "or replace that one file; change no other file). qw checks it after you "
+                  f"finish, puts it in place as {document_path(spec_name, phase)}, and asks "
+                  "again if it does not follow these rules:"]
         parts += [f"- {rule}" for rule in _RULES[phase]]
         parts += ["", "The format, exactly:", "", _FORMATS[phase]]
     elif phase == REVIEW:
-        parts += ["", f"Write the review to `{document_path(spec_name, REVIEW)}` (markdown); "
-                  "change no other file."]
+        parts += ["", f"Write the review to `{draft_path(spec_name, REVIEW)}` (markdown; qw "
+                  f"puts it in place as {document_path(spec_name, REVIEW)}); change no "
+                  "other file."]
     if problems:
         parts += ["", "Your previous version had these problems. Fix every one of them and "
                   "write the whole document again:"]
@@ -378,3 +402,26 @@ def phase_prompt(phase: str, spec_name: str, description: str,
     for name, text in documents_so_far.items():
         parts += ["", f"--- {name} ---", text.strip("\n"), f"--- end of {name} ---"]
     return "\n".join(parts) + "\n"
+
+
+def analyst_prompt(agent: str, spec_name: str, description: str,
+                   documents_so_far: Mapping[str, str]) -> str:
+    """The prompt of an analyst of the design fan-out (an architect, a security reviewer:
+    an agent of `.claude/agents/`): notes for the design's author, given as its answer."""
+    parts = [f"As the {agent} of this project, write the notes the technical design of the "
+             "feature below must take into account, from your point of view: constraints, "
+             "risks, choices to make and what you recommend, each with its reason. Read the "
+             "repository as you need. Do not create or change any file: answer with the "
+             "notes in markdown; qw hands them to the author of the design.",
+             "", f"Spec: {spec_name}", "", "Feature description:",
+             description.strip() or "(none given: work from the documents below)"]
+    for name, text in documents_so_far.items():
+        parts += ["", f"--- {name} ---", text.strip("\n"), f"--- end of {name} ---"]
+    return "\n".join(parts) + "\n"
+
+
+def is_analyst(agent_name: str) -> bool:
+    """Whether an agent of `.claude/agents/` takes part in the design fan-out: an
+    architect or a security reviewer, by its name."""
+    name = agent_name.lower()
+    return name.startswith(("architect", "security"))

@@ -7,9 +7,10 @@ duck-typed: anything with max_retries, retry_backoff, timeout_multiplier and max
     ok                                         -> done
     auth                                       -> stop_run (every task would fail)
     rate_limited, overloaded, server_error,
-    crashed, hung                              -> retry after exponential backoff
+    crashed, hung, verify_failed               -> retry after exponential backoff (a
+                                                  verify_failed retry resumes the session)
     timeout                                    -> retry at once with a longer timeout
-    max_turns, budget, denied                  -> fail (a retry would end the same way)
+    max_turns, budget, denied, verify_error    -> fail (a retry would end the same way)
     usage_limit                                -> pause the pool until the reset, or
                                                   exit_paused when that is too far off
 """
@@ -34,13 +35,17 @@ RESET_MARGIN_S = 60.0
 # shorter). A limit that is still there costs one quick failed call per hour.
 UNKNOWN_RESET_PAUSE_S = 3600.0
 
-_BACKOFF_KINDS = ("rate_limited", "overloaded", "server_error", "crashed", "hung")
+_BACKOFF_KINDS = ("rate_limited", "overloaded", "server_error", "crashed", "hung",
+                  "verify_failed")
 _FINAL = {
     "max_turns": "retrying would stop at the same limit: raise [claude] max_turns or split "
                  "the task",
     "budget": "retrying would hit the same budget: raise the budget or split the task",
     "denied": "retrying would be denied again: allow the tool ([claude] allowed_tools or "
               "permission_mode)",
+    # The command could not be started: another Claude session cannot fix the config.
+    "verify_error": "check [run] verify or the task's _Verify: line (the command is run "
+                    "without a shell: write `sh -c '...'` for shell syntax)",
 }
 
 

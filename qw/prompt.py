@@ -10,6 +10,7 @@ less; `--dry-run` reports the size against "all spec documents" to keep us hones
 from __future__ import annotations
 
 import os
+import re
 import statistics
 from typing import Dict, Iterable, List, Optional
 
@@ -80,6 +81,35 @@ def build_prompt(spec, task) -> str:
         "- Do not start other Claude Code sessions.\n"
         "- When you are done, reply with a short summary of what you changed.")
     return "\n\n".join(parts) + "\n"
+
+
+def build_fix_prompt(spec, task, command: str, exit_code: Optional[int], output_tail: str,
+                     resumed: bool) -> str:
+    """The prompt of the attempt after a failed verify: the command, how it ended and the
+    tail of its output, and the request to fix it. `resumed`: the child continues the
+    failed attempt's session (`--resume`), which holds the task already; otherwise the
+    failure follows the task's full prompt."""
+    ended = (f"it exited with code {exit_code}" if exit_code is not None
+             else "it did not finish in time and was stopped ([run] verify_timeout)")
+    tail = output_tail.strip("\n") or "(no output)"
+    # A fence longer than any run of backticks in the output: the output cannot close it.
+    fence = "`" * max(3, 1 + max(map(len, re.findall("`+", tail)), default=0))
+    failure = (
+        "## Verification failed\n\n"
+        f"After the work on task {task.id} ({task.title}) ended, qw ran its verification "
+        f"command in the repository root:\n\n    {command}\n\n"
+        f"and {ended}. The end of its output:\n\n{fence}\n{tail}\n{fence}\n\n"
+        "Find the cause and fix the code so that this command passes. Do not disable, "
+        "skip or weaken the checks it runs. qw runs the command again when you finish, "
+        "and marks the task done only if it passes.")
+    if not resumed:
+        return build_prompt(spec, task) + "\n" + failure + "\n"
+    tasks_rel = _rel(spec, spec.paths.tasks)
+    return (failure + "\n\n"
+            "Other tasks still run at the same time in this working tree: leave files that "
+            f"this task does not name alone, do not edit {tasks_rel}, and do not start "
+            "other Claude Code sessions. When you are done, reply with a short summary of "
+            "what you changed.\n")
 
 
 def all_documents_size(spec) -> int:

@@ -148,8 +148,8 @@ STATUS_HEADER = ("task", "status", "tries", "time", "cost", "peak MB", "cpu", "e
 
 
 def status_rows(view: Dict[str, object]) -> List[List[str]]:
-    """One row per task, under STATUS_HEADER. The last column: why a ready task waits, or
-    why the task's last attempt failed."""
+    """One row per task, under STATUS_HEADER. The last column: why a ready task waits,
+    why the task's last attempt failed, or that it succeeded but changed nothing."""
     rows = []
     for t in view["tasks"]:
         rows.append([t["id"], t["status"], str(t["attempts"]),
@@ -157,7 +157,8 @@ def status_rows(view: Dict[str, object]) -> List[List[str]]:
                      f"${t['cost_usd']:.4f}" if t.get("cost_usd") else "-",
                      f"{t['peak_rss_mb']:.0f}" if t.get("peak_rss_mb") else "-",
                      format_duration(t["cpu_s"]) if t.get("cpu_s") else "-",
-                     (t.get("waiting") or t.get("error") or "")[:100]])
+                     (t.get("waiting") or t.get("error")
+                      or ("changed nothing" if t.get("changed_nothing") else ""))[:100]])
     return rows
 
 

@@ -36,21 +36,21 @@ from qw.admission import Admission, Limits
 from qw.agents import agent_of, load_agents
 from qw.claude import build_command, build_env
 from qw.debuglog import open_log
-from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, ConfigError,
-                       LockHeld, SpecError)
+from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, SpecError
 from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
-from qw.outcome import INTERRUPTED, Outcome
+from qw.outcome import INTERRUPTED, VERIFY_FAILED, Outcome
 from qw.pool import Pool
-from qw.proctree import resolve_command   # the very lookup start_child does
 from qw.proctree import kill_marked
-from qw.prompt import build_prompt
+from qw.prompt import build_fix_prompt, build_prompt
 from qw.runreport import RunReporter
 from qw.scheduler import DONE, PENDING, RUNNING, Scheduler
-from qw.stateowner import start_owner, withdraw_stale
-from qw.tasksfile import OPEN, TasksFile, group_states, remove_stale_temps
+from qw.runstart import (check_claude_command, parked_tasks, sweep_previous_run,
+                         wait_for_stale_owner)
+from qw.stateowner import start_owner
+from qw.tasksfile import OPEN, RunMarks, TasksFile, group_states, remove_stale_temps
 from qw.tasksfile import DONE as MARK_DONE, RUNNING as MARK_RUNNING
-from qw.worker import AttemptRequest, AttemptResult, Progress
+from qw.worker import AttemptRequest, AttemptResult, Progress, change_pathspecs, verify_argv
 
 LOOP_TICK_S = 0.5        # longest the loop sleeps without looking at the clock
 # How old a machine snapshot may be for admission. The 1-minute load moves slowly and a
@@ -60,9 +60,6 @@ GRACE_S = 5.0            # SIGINT -> SIGTERM -> SIGKILL spacing for a child tree
 # After a second Ctrl-C every process of the run is killed; the workers report within
 # moments. Past this bound the run ends without them (their pipes close, they exit).
 KILLED_REPORT_S = 10.0
-# A run killed by SIGKILL leaves its state owner writing the last snapshot for a moment;
-# the next run waits this long for it rather than race it.
-STALE_OWNER_WAIT_S = 10.0
 
 
 def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
@@ -73,7 +70,7 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
     targets = plan.closure(only) if only else [t.id for t in plan.tasks]
     targets = [t for t in targets if t not in done]
     reporter = RunReporter(spec.name, json_output=json_output)
-    parked = _blocked_and_needing(plan, set(targets), asked=set(only or ()))
+    parked = parked_tasks(plan, set(targets), asked=set(only or ()))
     if parked:
         targets = [t for t in targets if t not in parked]
         reporter.note("not running " + "; ".join(
@@ -88,83 +85,27 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
                       if not parked else "nothing else to run")
         return EXIT_OK
 
-    _check_claude_command(repo, config)
+    check_claude_command(repo, config)
     agents = load_agents(repo)
     by_id = {t.id: t for t in plan.tasks}
     for tid in targets:
         agent_of(by_id[tid], agents, spec.paths.tasks)   # an unknown agent: refuse up front
+        verify_argv(by_id[tid], config.run, spec.paths.tasks)   # so is an unclosed quote
     os.makedirs(os.path.join(qw_dir, "locks"), exist_ok=True)
     run_id = new_run_id(time.time())
     lock = SpecLock(os.path.join(qw_dir, "locks", f"{spec.name}.lock"))
     lock.acquire({"pid": os.getpid(), "run_id": run_id, "argv": sys.argv,
                   "spec": spec.name, "qw": __version__})
     try:
-        _wait_for_stale_owner(qw_dir, spec.name)
+        wait_for_stale_owner(qw_dir, spec.name)
         remove_stale_temps(spec.paths.tasks)   # a killed run's half-written tasks.md
         previous = newest_run_of(qw_dir, spec.name)
         if previous:
-            _sweep_previous_run(previous, reporter)
+            sweep_previous_run(previous, reporter)
         return _Run(repo, qw_dir, run_id, spec, plan, config, targets, done, agents,
                     reporter).execute()
     finally:
         lock.release()
-
-
-def _blocked_and_needing(plan, targets, asked) -> Dict[str, str]:
-    """Targets marked `[~]` blocked (unless asked for by --task), and every target that
-    needs one of them, each with the reason it will not run."""
-    by_id = {t.id: t for t in plan.tasks}
-    parked: Dict[str, str] = {}
-    for tid in targets:
-        task = by_id[tid]
-        if task.status == "blocked" and tid not in asked:
-            parked[tid] = "[~] blocked" + (f": {task.blocked_reason}" if task.blocked_reason
-                                           else "")
-    stack = list(parked)
-    while stack:
-        blocked = stack.pop()
-        for dependent in plan.dependents.get(blocked, ()):
-            if dependent in targets and dependent not in parked:
-                parked[dependent] = f"needs blocked task {blocked}"
-                stack.append(dependent)
-    return parked
-
-
-def _check_claude_command(repo: str, config) -> None:
-    """ConfigError unless the claude executable can be found: otherwise every attempt of
-    every task would fail the same way, each after its retries."""
-    command = build_command(config.claude)[0]
-    env = build_env(os.environ, config.claude, run_id="-", task_id="-", attempt=0)
-    try:
-        resolve_command(command, env, repo)
-    except FileNotFoundError:
-        raise ConfigError(f"the claude command {command!r} was not found",
-                          "[claude] command",
-                          "install Claude Code (`claude` on PATH), or set [claude] command "
-                          "or QW_CLAUDE to its path; `qw doctor` checks it") from None
-
-
-def _sweep_previous_run(run_id: str, reporter: RunReporter) -> None:
-    """Kill what the spec's last run left, if it was killed: its guards may still be
-    stopping a child that ignores SIGINT, and a task must not run twice at once."""
-    killed = kill_marked(run_id)
-    if killed:
-        reporter.note(f"killed {len(killed)} process{'es' if len(killed) > 1 else ''} left "
-                      f"by the previous run {run_id}: {', '.join(map(str, killed))}")
-
-
-def _wait_for_stale_owner(qw_dir: str, spec: str) -> None:
-    """Clear what a killed run left advertised, once its state owner has exited."""
-    deadline = time.monotonic() + STALE_OWNER_WAIT_S
-    while True:
-        try:
-            withdraw_stale(qw_dir, spec)
-            return
-        except LockHeld:
-            if time.monotonic() > deadline:
-                raise
-            # Another process's exit, with no handle to wait on: look again shortly.
-            time.sleep(0.05)
 
 
 class _Run:
@@ -176,6 +117,9 @@ class _Run:
         self.run_dir = os.path.join(qw_dir, "runs", run_id)
         self.agents = agents
         self.tasks_file = TasksFile(spec.paths.tasks)   # remembers its own last write
+        self.marks = RunMarks(self.tasks_file, plan.ancestors, plan.groups,
+                              config.spec.mark_in_progress)
+        self.unticked: List[str] = []   # done, task_done not journaled: tasks.md first
         # --debug / QW_DEBUG=1 / [logging] level = "debug": every transition, one JSON line.
         self.debug = open_log(config, qw_dir, run_id)
         self.by_id = {t.id: t for t in spec.tasks}
@@ -195,6 +139,9 @@ class _Run:
         self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
         self.cancelled: Set[Tuple[str, int]] = set()
         self.launches: Dict[str, int] = {}         # attempts started per task, this run
+        # task -> (session id, verify command, its exit code, its output's tail) of an
+        # attempt whose verify failed: the next attempt resumes that session to fix it.
+        self.fixes: Dict[str, Tuple[Optional[str], str, Optional[int], str]] = {}
         self.owner = None
         self.pool: Optional[Pool] = None
         # Events and progress gathered during one loop iteration, sent to the state owner
@@ -211,6 +158,12 @@ class _Run:
         wake_w.setblocking(False)
         old_handlers = self._install_signals(wake_w)
         try:
+            # No more workers than tasks: one beyond that could never be given work, and
+            # each is an interpreter to start (DESIGN §8: qw's own cost must vanish). They
+            # start first, so that their interpreters boot while the state owner's does.
+            self.workers = min(self.config.run.max_concurrent, len(self.sched.targets))
+            self.pool = Pool(self.workers, extra_fds=(wake_r,))
+            self.pool.start()
             self.owner = start_owner(self.qw_dir, self.spec.name, self.run_id,
                                      [self._run_started_event()],
                                      tasks_path=self.spec.paths.tasks)
@@ -220,11 +173,6 @@ class _Run:
             self.sched.admission.restore(self.owner.proxy.view().get("memory_peaks") or {})
             self.probe = _get_probe()
             self._record_initial()
-            # No more workers than tasks: one beyond that could never be given work, and
-            # each is an interpreter to start (DESIGN §8: qw's own cost must vanish).
-            self.workers = min(self.config.run.max_concurrent, len(self.sched.targets))
-            self.pool = Pool(self.workers, extra_fds=(wake_r,))
-            self.pool.start()
             self.reporter.started(self.run_id, len(self.sched.targets),
                                   self.workers)
             self._loop(wake_r)
@@ -259,6 +207,8 @@ class _Run:
                 return
             wakeup = self.sched.next_wakeup(now)
             timeout = LOOP_TICK_S if wakeup is None else max(0.0, min(LOOP_TICK_S, wakeup - now))
+            if self.marks.dirty:   # a tasks.md write postponed by its spacing
+                timeout = min(timeout, max(0.0, self.marks.not_before - time.monotonic()))
             for kind, worker_id, payload in self.pool.wait(timeout):
                 if kind == "wakeup":
                     try:
@@ -273,6 +223,7 @@ class _Run:
                     self.reporter.progress(payload.task_id, payload.info)
                 elif isinstance(payload, AttemptResult):
                     self._settle(payload)
+            self._write_marks()   # once for every result of this pass
             self.reporter.tick(self.sched)
 
     def _take_signals(self) -> None:
@@ -311,7 +262,9 @@ class _Run:
         if not dispatches:
             return
         if self.config.spec.mark_in_progress:
-            self._sync_marks()   # `[-]` before the children start
+            for d in dispatches:
+                self.marks.changed(d.task_id, MARK_RUNNING)
+            self._write_marks(force=True)   # `[-]` before the children start
         starts = []
         for d in dispatches:
             worker_id = idle.pop(0)
@@ -368,18 +321,30 @@ class _Run:
 
     def _request(self, task, attempt: int, timeout_s: float, launch: int) -> AttemptRequest:
         agent = agent_of(task, self.agents, self.spec.paths.tasks)
+        fix = self.fixes.pop(task.id, None)   # the last attempt's verify failed
+        session = fix[0] if fix else None
         argv = build_command(self.config.claude, agent=agent,
-                             agents=[agent] if agent else ())
+                             agents=[agent] if agent else (), resume_session=session)
+        prompt = build_fix_prompt(self.spec, task, *fix[1:], resumed=session is not None) \
+            if fix else build_prompt(self.spec, task)
         env = build_env(os.environ, self.config.claude, run_id=self.run_id, task_id=task.id,
                         attempt=attempt)
+        verify, command = verify_argv(task, self.config.run, self.spec.paths.tasks)
         # Transcripts are numbered by start, which a usage-limited attempt (not counted
         # against the task) also is: `qw status` attempts and `qw logs --attempt` agree.
+        stem = os.path.join(self.run_dir, f"{task.id}.{launch}")
+        # Whether the child changed anything: in the files the task declares, else in the
+        # whole tree but qw's own (where another task running at the same time can hide
+        # that this one changed nothing: the flag is a hint, never a verdict).
+        tasks_md = os.path.relpath(self.spec.paths.tasks, self.repo).replace(os.sep, "/")
         return AttemptRequest(
             task_id=task.id, attempt=attempt, argv=tuple(argv), env=env, cwd=self.repo,
-            prompt=build_prompt(self.spec, task),
+            prompt=prompt,
             timeout_s=timeout_s, idle_timeout_s=self.config.run.idle_timeout,
-            transcript=os.path.join(self.run_dir, f"{task.id}.{launch}.jsonl"),
-            grace_s=GRACE_S)
+            transcript=stem + ".jsonl", grace_s=GRACE_S,
+            verify_argv=verify, verify_command=command,
+            verify_timeout_s=self.config.run.verify_timeout, verify_log=stem + ".verify.log",
+            watch=change_pathspecs(task.files, (".qw", tasks_md)))
 
     def _worker_died(self, worker_id: int, request: Optional[AttemptRequest]) -> None:
         self.debug.debug("worker died", worker=worker_id, pid=None,
@@ -406,17 +371,22 @@ class _Run:
                       "cost_usd": outcome.cost_usd, "exit_code": result.exit_code,
                       "duration_s": round(result.ended_at - result.started_at, 3),
                       "session_id": outcome.session_id, "peak_rss_mb": result.peak_rss_mb,
-                      "cpu_s": result.cpu_s, "agent": self.by_id[tid].agent})
+                      "cpu_s": result.cpu_s, "agent": self.by_id[tid].agent,
+                      **({"changed_nothing": True} if result.changed_nothing else {})})
         settled = self.sched.settle(tid, outcome, time.time(), result.peak_rss_mb)
         decision = settled.decision
+        if outcome.kind == VERIFY_FAILED and decision.action == "retry":
+            command = verify_argv(self.by_id[tid], self.config.run, self.spec.paths.tasks)[1]
+            self.fixes[tid] = (outcome.session_id, command, result.verify_exit_code,
+                               result.verify_tail)
         state = self.sched.state[tid]
-        # The journal holds the attempt's success before tasks.md ticks it; then tasks.md
-        # before task_done: a crash between the two leaves tasks.md ahead of the journal (the
-        # next run skips a checked task), never behind it (it would run a done task again).
-        self._flush()
-        self._sync_marks()
+        # tasks.md is written for every result of a loop pass at once (_write_marks), and
+        # task_done journaled after it.
+        self.marks.changed(tid, MARK_DONE if state == DONE else OPEN)
+        for skipped in settled.skipped:
+            self.marks.changed(skipped, OPEN)
         if state == DONE:
-            self._record({"type": "task_done", "task": tid})
+            self.unticked.append(tid)
         elif state == PENDING:
             if decision.action == "retry" and self.sched.stop_reason is None:
                 self._record({"type": "retry_scheduled", "task": tid,
@@ -465,7 +435,7 @@ class _Run:
             code = EXIT_FAILED
         else:
             code = EXIT_OK
-        self._sync_marks(final=True)
+        self._sync_marks()
         self._record_waiting({}, set())   # nothing waits once the run is over
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
                       "reason": sched.stop_reason})
@@ -515,23 +485,46 @@ class _Run:
         progress, self.unsent_progress = list(self.unsent_progress.items()), {}
         self.owner.proxy.record_many(events, progress)
 
-    def _sync_marks(self, final: bool = False) -> None:
-        """Make tasks.md's boxes of this run's tasks (and their groups) say what the
-        scheduler knows; the final call also reports what it could not write."""
+    def _write_marks(self, force: bool = False) -> None:
+        """Tick tasks.md for the tasks whose state changed, when its spacing allows (or
+        `force`), then journal their task_done. The journal holds each success before
+        tasks.md ticks it, and tasks.md before task_done: a crash between the two leaves
+        tasks.md ahead of the journal (the next run skips a checked task), never behind it
+        (it would run a done task again)."""
+        now = time.monotonic()
+        if not self.marks.dirty or not (force or self.marks.due(now)):
+            return
+        self._flush()
+        try:
+            self.marks.write(self.sched.done, now)
+        except (SpecError, OSError) as error:   # the next write, or the final one, retries
+            self.debug.exception("tasks.md not written", error)
+        self._record_ticked()
+
+    def _sync_marks(self) -> None:
+        """The run's last word in tasks.md: every task's box (and its groups') says what
+        the scheduler knows, and what could not be written is reported."""
+        self._flush()
         kinds = {DONE: MARK_DONE, RUNNING: MARK_RUNNING}
         states = {tid: kinds.get(s, OPEN) for tid, s in self.sched.state.items()}
         states.update(group_states(self.plan.groups, states, self.sched.done))
         try:
-            result = self.tasks_file.sync(states, final=final,
+            result = self.tasks_file.sync(states, final=True,
                                           in_progress=self.config.spec.mark_in_progress)
         except (SpecError, OSError) as error:
-            if final:
-                self.reporter.note(f"could not update tasks.md ({error}); done in this run: "
-                                   f"{', '.join(sorted(self.sched.done)) or 'nothing'}")
+            self.reporter.note(f"could not update tasks.md ({error}); done in this run: "
+                               f"{', '.join(sorted(self.sched.done)) or 'nothing'}")
             return
+        finally:
+            self._record_ticked()
         if result.missing:
             self.reporter.note(f"tasks.md no longer has task {', '.join(result.missing)}; "
                                "its checkbox was not written")
+
+    def _record_ticked(self) -> None:
+        for tid in self.unticked:
+            self._record({"type": "task_done", "task": tid})
+        self.unticked = []
 
     # ----- signals
 

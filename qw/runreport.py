@@ -61,7 +61,9 @@ class RunReporter:
         if action == "done":
             cost = f", ${outcome.cost_usd:.4f}" if outcome.cost_usd else ""
             peak = f", peak {result.peak_rss_mb:.0f} MB" if result.peak_rss_mb else ""
-            self._event(f"done  {tid} in {took}{cost}{peak}")
+            # The child reported success, yet the working tree is as it was: worth a look.
+            nothing = " (changed nothing)" if result.changed_nothing else ""
+            self._event(f"done  {tid} in {took}{cost}{peak}{nothing}")
         elif action == "retry" and sched.stop_reason is not None:
             self._event(f"stop  {tid} after {took}: {outcome.kind}: {outcome.message} "
                         "(not retried: the run is stopping)")

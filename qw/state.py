@@ -26,7 +26,8 @@ peak resident memory and CPU seconds) and its task's `agent`: the record keeps t
 attempts and the CPU summed, and the run state the last few peaks per agent
 (`memory_peaks`, qw.admission's estimates). Those outlive `run_started`: a run starts from
 what earlier ones measured (as far as the snapshot goes: a state rebuilt from a journal
-alone knows only that run's).
+alone knows only that run's). An ok attempt_ended with `changed_nothing: true` (the child
+succeeded without changing a file) marks the record, until its next attempt ends.
 
 `task_reset` (written by `qw reset`) returns a task whose attempt is not open to pending:
 soft, it clears the attempts and the error (cost and duration stay: that money was spent);
@@ -65,7 +66,7 @@ _SETTABLE = (PENDING, READY, BLOCKED, SKIPPED, DONE)
 # TaskRecord fields a snapshot keeps (progress is live-only).
 _RECORD_FIELDS = ("id", "title", "status", "attempts", "attempt", "started_at", "ended_at",
                   "duration_s", "cost_usd", "error", "outcome", "session_id", "worker",
-                  "next_try_at", "waiting", "peak_rss_mb", "cpu_s")
+                  "next_try_at", "waiting", "peak_rss_mb", "cpu_s", "changed_nothing")
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class TaskRecord:
     waiting: Optional[str] = None       # ready: why it has not started (the machine is busy)
     peak_rss_mb: Optional[float] = None  # the largest peak RSS of its attempts' trees
     cpu_s: Optional[float] = None       # CPU seconds of its attempts' trees, summed
+    changed_nothing: bool = False       # its last attempt succeeded without changing a file
     # Live progress of the running attempt (last_event, tool, tokens, cost so far).
     # Never journaled nor snapshotted, so left out of equality: replay == live ignores it.
     progress: Dict[str, Any] = field(default_factory=dict, compare=False)
@@ -256,6 +258,7 @@ class RunState:
             duration_s=rec.duration_s + float(duration),
             cost_usd=rec.cost_usd + float(e.get("cost_usd") or 0.0),
             session_id=e.get("session_id"), worker=None, ended_at=t, progress={},
+            changed_nothing=ok and e.get("changed_nothing") is True,
             peak_rss_mb=rec.peak_rss_mb if peak is None else max(rec.peak_rss_mb or 0.0, peak),
             cpu_s=rec.cpu_s if cpu is None else round((rec.cpu_s or 0.0) + cpu, 3))
         if peak is not None and peak > 0:
@@ -317,6 +320,7 @@ class RunState:
         """The `qw status --json` shape (DESIGN §4); `live` is the caller's to say.
 
         A task entry has `waiting` while it is ready and waits for room on the machine,
+        `changed_nothing` (true) when its last attempt succeeded but changed no file,
         and `peak_rss_mb` (MB, its attempts' largest) and `cpu_s` (summed) once one of its
         attempts was measured. The totals have the largest peak of any task (None: none
         measured) and the CPU seconds of all."""
@@ -342,7 +346,8 @@ class RunState:
                      "outcome": rec.outcome, "next_try_at": rec.next_try_at,
                      "progress": dict(rec.progress)}
             for key, value in (("waiting", waiting), ("peak_rss_mb", rec.peak_rss_mb),
-                               ("cpu_s", rec.cpu_s)):
+                               ("cpu_s", rec.cpu_s), ("changed_nothing", rec.changed_nothing
+                                                      or None)):
                 if value is not None:
                     entry[key] = value
             tasks.append(entry)

@@ -29,11 +29,56 @@ def gather_status(repo: str, spec_arg: Optional[str]) -> List[Dict[str, object]]
         view = _live_view(qw_dir, paths.name) or \
             _stored_view(qw_dir, paths.name, paths.tasks, warnings)
         if view is None:
-            view = _unrun_view(load_spec(paths))
+            view = _unrun_view(load_spec(paths)) if os.path.lexists(paths.tasks) else \
+                _no_tasks_view(paths.name)
         if warnings:
             view["warnings"] = warnings
+        view.update(_phase(repo, paths.name, view))
         views.append(view)
     return views
+
+
+def _no_tasks_view(spec: str) -> Dict[str, object]:
+    """A spec whose tasks.md is not written yet (the workflow is at its documents)."""
+    return {"spec": spec, "run_id": None, "live": False, "tasks": [],
+            "totals": {"tasks": 0, "done": 0, "failed": 0, "running": 0, "pending": 0,
+                       "cost_usd": 0.0, "duration_s": 0.0, "attempts": 0}}
+
+
+def _phase(repo: str, spec: str, view: Dict[str, object]) -> Dict[str, object]:
+    """The spec's workflow phase (qw.phases), for the view: "phase", "phase_line" and the
+    command that advances it ("next_command", None when none can). All None for a spec
+    outside the workflow: a tasks.md alone, never given to `qw new`, `qw workflow` or
+    `qw approve`, is simply run."""
+    from qw.approve import read_facts, state_path
+    from qw.errors import QwError
+    from qw.phases import next_command, phase_line, where
+    from qw.specdir import SPECS_DIR
+
+    none = {"phase": None, "phase_line": None, "next_command": None}
+    folder = os.path.join(repo, SPECS_DIR, spec)
+    if not (os.path.exists(state_path(repo, spec)) or
+            any(os.path.lexists(os.path.join(folder, name))
+                for name in ("requirements.md", "design.md"))):
+        return none
+    try:
+        position = where(read_facts(repo, spec))
+    except QwError:   # documents qw cannot read: the task table still stands
+        return none
+    totals = view.get("totals") or {}
+    return {"phase": position.phase,
+            "phase_line": phase_line(position, totals.get("done"), totals.get("tasks")),
+            "next_command": next_command(spec, position.phase, position.step)}
+
+
+def render_phase(view: Dict[str, object]) -> str:
+    """The lines `qw status` adds under a spec's table: its phase and what advances it."""
+    if not view.get("phase_line"):
+        return ""
+    text = f"phase: {view['phase_line']}\n"
+    if view.get("next_command"):
+        text += f"next: {view['next_command']}\n"
+    return text
 
 
 def _live_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
@@ -100,7 +145,8 @@ def transcripts(qw_dir: str, task_id: str) -> List[str]:
 
 def show_logs(repo: str, spec: str, task_id: str, attempt: Optional[int] = None,
               follow: bool = False, raw: bool = False, out=None) -> int:
-    """Print the task's last transcript (or attempt N of its last run)."""
+    """Print the task's last transcript (or attempt N of its last run), then the output of
+    its verify command if one ran (`<task>.<attempt>.verify.log` beside the transcript)."""
     out = out or sys.stdout
     qw_dir = os.path.join(repo, ".qw")
     found = transcripts(qw_dir, task_id)
@@ -121,23 +167,45 @@ def show_logs(repo: str, spec: str, task_id: str, attempt: Optional[int] = None,
         out.write(line.decode("utf-8", "replace") if raw else render_event(line))
         out.flush()
 
+    def show_text(line: bytes) -> None:
+        out.write(line.decode("utf-8", "replace"))
+        out.flush()
+
+    def running() -> bool:
+        return _still_running(qw_dir, spec, task_id)
+
+    _tail(path, show, follow, running, until=b'"type":"result"')
+    verify_log = path[:-len(".jsonl")] + ".verify.log"
+    # The verify command starts once the child has ended: while the attempt still runs,
+    # its log may be yet to come.
+    while follow and not os.path.exists(verify_log) and running():
+        time.sleep(0.2)
+    if os.path.exists(verify_log):
+        out.write(f"# {os.path.relpath(verify_log, repo)}\n")
+        _tail(verify_log, show_text, follow, running)
+    return EXIT_OK
+
+
+def _tail(path: str, show, follow: bool, running, until: Optional[bytes] = None) -> None:
+    """Show each line of `path`; with `follow`, go on showing what is added while
+    `running()` says the attempt goes on (or until a line holding `until`)."""
     with open(path, "rb") as f:
         while True:
             at = f.tell()
             line = f.readline()
             if line.endswith(b"\n") or (line and not follow):
                 show(line)
-                if follow and b'"type":"result"' in line.replace(b" ", b""):
-                    return EXIT_OK
+                if follow and until and until in line.replace(b" ", b""):
+                    return
                 continue
             f.seek(at)   # nothing new, or a line still being written: read it again whole
             if not follow:
-                return EXIT_OK
-            if not _still_running(qw_dir, spec, task_id):
+                return
+            if not running():
                 # It ended after the last read: what it wrote until then is still to show.
                 for line in f:
                     show(line)
-                return EXIT_OK
+                return
             time.sleep(0.2)   # tailing a file: polling is the portable way to follow it
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
@@ -93,11 +94,14 @@ class TasksFile:
                 if mark != current:
                     changes[offset] = (task_id, mark)
         if changes:
-            chars = list(text)
-            for offset, (task_id, mark) in changes.items():
-                chars[offset] = mark
+            pieces, start = [], 0
+            for offset in sorted(changes):   # slices, not a list of every character
+                task_id, mark = changes[offset]
+                pieces += [text[start:offset], mark]
+                start = offset + 1
                 present[task_id] = (mark, offset)
-            text = "".join(chars)
+            pieces.append(text[start:])
+            text = "".join(pieces)
             atomic_write(self.path, text.encode("utf-8"))
             self._known = (_signature(self.path), text, present)
         return MarkResult(bool(changes), missing=missing)
@@ -116,6 +120,55 @@ def _signature(path: str) -> Optional[tuple]:
     except OSError:
         return None
     return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class RunMarks:
+    """The checkboxes one run owes tasks.md, written in batches.
+
+    The runner says which tasks changed (`changed`); a write sends only those and the
+    groups holding them, so its cost does not grow with the spec. Mid-run writes are spaced
+    by SPACING times the last write's duration (a large tasks.md costs milliseconds to
+    write and fsync; a run of instant tasks would otherwise spend its time there), so
+    `due` may say "not yet": the runner then records a task's `task_done` only after the
+    write that ticks it, as before.
+    """
+
+    SPACING = 10.0
+
+    def __init__(self, tasks_file: "TasksFile", ancestors: Dict[str, Iterable[str]],
+                 groups: Dict[str, Iterable[str]], in_progress: bool):
+        self.tasks_file = tasks_file
+        self.ancestors = ancestors
+        self.groups = groups
+        self.in_progress = in_progress
+        self.dirty: Dict[str, str] = {}      # task -> DONE | RUNNING | OPEN, not yet written
+        self.not_before = float("-inf")      # monotonic time the next mid-run write may start
+
+    def changed(self, task_id: str, state: str) -> None:
+        self.dirty[task_id] = state
+
+    def due(self, now: float) -> bool:
+        """Something is waiting to be written and the spacing allows it (monotonic `now`)."""
+        return bool(self.dirty) and now >= self.not_before
+
+    def write(self, finished: Iterable[str], now: float) -> MarkResult:
+        """Write the changed tasks' marks and their groups' (`finished`: every task done so
+        far, before or during the run). Mid-run: see TasksFile.sync."""
+        states, self.dirty = self.dirty, {}
+        done = set(finished)
+        for group_id in {g for t in states for g in self.ancestors.get(t, ())}:
+            states[group_id] = DONE if all(leaf in done for leaf in self.groups[group_id]) \
+                else OPEN
+        result = None
+        try:
+            result = self.tasks_file.sync(states, in_progress=self.in_progress, final=False)
+            return result
+        finally:
+            if result is None or result.postponed:   # owed still: the next write tries
+                states.update(self.dirty)
+                self.dirty = states
+            took = time.monotonic() - now
+            self.not_before = now + took * (1 + self.SPACING)
 
 
 def group_states(groups: Dict[str, Iterable[str]], states: Dict[str, str],

@@ -12,15 +12,29 @@ While a child runs, the worker samples its process tree (qw.probe: on POSIX the 
 everything under it) every USAGE_EVERY_S and once more when its output ends: the result
 carries the tree's peak RSS and CPU seconds, and progress the figures so far, from which
 the runner's admission control learns how much memory a running task still may take.
+
+After a child that succeeded, the same attempt goes on here (issue 8):
+
+- "changed nothing": when the repository is a git work tree, `git status` before the child
+  and after it (restricted to the task's declared files, if any) says whether the child
+  changed anything; the result carries the flag. Not a failure, a note for the user.
+- verify: the request's verify command runs under `start_child` (its tree supervised and
+  stopped like the child's), in the repository with the child's environment and no input,
+  its output (stdout and stderr together) saved next to the transcript. A non-zero exit or
+  a run past its timeout turns the attempt into `verify_failed`; a command that cannot be
+  started, into `verify_error`.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 # Messages are small frozen dataclasses of built-in types, named by direction.
 
@@ -39,6 +53,15 @@ class AttemptRequest:
     idle_timeout_s: float
     transcript: str
     grace_s: float = 5.0
+    # Run after a child that succeeded (empty: none): argv, the command as the user wrote
+    # it (for messages), its time limit, and the file its output goes to.
+    verify_argv: Tuple[str, ...] = ()
+    verify_command: str = ""
+    verify_timeout_s: float = 600.0
+    verify_log: str = ""
+    # git pathspecs whose changes tell whether the child changed anything (see
+    # change_pathspecs); None: do not look.
+    watch: Optional[Tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,13 @@ class AttemptResult:
     # None: not measured (no probe here, or the tree could not be seen).
     peak_rss_mb: Optional[float] = None
     cpu_s: Optional[float] = None
+    # The child succeeded and the watched files are as they were before it (None: not
+    # known: the child failed, or no git work tree, or git could not tell).
+    changed_nothing: Optional[bool] = None
+    # A verify command that ran: its exit code (None: stopped at its timeout, or it never
+    # ran) and the last VERIFY_TAIL_CHARS of its output, for the prompt of the retry.
+    verify_exit_code: Optional[int] = None
+    verify_tail: str = ""
 
 
 PROGRESS_EVERY_S = 1.0
@@ -80,6 +110,25 @@ POLL_S = 0.5   # longest a worker goes without checking for Cancel and deadlines
 # How often the child's tree is measured. A sample walks the process table (a few ms):
 # often enough to catch a peak that lasts a second, rare enough to cost nothing.
 USAGE_EVERY_S = 0.5
+# How much of a failed verify's output the retry's prompt gets: enough for a traceback or a
+# compiler's errors, small next to the prompt itself.
+VERIFY_TAIL_CHARS = 4000
+# `git status` in a big tree takes well under a second; past this, the check is skipped.
+GIT_STATUS_TIMEOUT_S = 30.0
+# Runs the verify command with its stderr merged into its stdout (one pipe: the log holds
+# both in the order they were written), then becomes it (POSIX) or waits for it (Windows,
+# whose exec starts a new process and loses the exit code). -I -S: nothing of the user's
+# site-packages or PYTHON* variables, and a faster start.
+_MERGE_POSIX = ("import os, sys\n"
+                "os.dup2(1, 2)\n"
+                "try:\n"
+                "    os.execv(sys.argv[1], sys.argv[2:])\n"
+                "except OSError as e:\n"
+                "    sys.stderr.write('cannot start %s: %s\\n' % (sys.argv[2], e.strerror))\n"
+                "    os._exit(126)\n")
+_MERGE_WINDOWS = ("import subprocess, sys\n"
+                  "sys.exit(subprocess.call(sys.argv[2:], executable=sys.argv[1], "
+                  "stderr=subprocess.STDOUT))\n")
 
 
 def worker_main(worker_id: int, conn) -> None:
@@ -110,7 +159,8 @@ def worker_main(worker_id: int, conn) -> None:
 
 
 def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
-    """Start the child, stream its output to the transcript, enforce limits, classify."""
+    """Start the child, stream its output to the transcript, enforce limits, classify;
+    after a success, tell whether it changed anything, and run the verify command."""
     from qw.claude import StreamState
     from qw.outcome import INTERRUPTED, Outcome, classify
     from qw.proctree import start_child
@@ -120,6 +170,7 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
     started = time.time()
     state = StreamState()
     os.makedirs(os.path.dirname(req.transcript), exist_ok=True)
+    before = tree_fingerprint(req.cwd, req.watch, req.env) if req.watch is not None else None
     try:
         child = start_child(list(req.argv), env=req.env, cwd=req.cwd,
                             stdin_data=req.prompt.encode("utf-8"), grace=req.grace_s)
@@ -154,8 +205,18 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
         elif outcome.kind == "hung":
             outcome = replace(outcome, message=f"no output for {req.idle_timeout_s:.0f}s "
                               "([run] idle_timeout); stopped it")
+    changed_nothing = verify_exit = None
+    verify_tail = ""
+    if outcome.kind == "ok":
+        if before is not None:
+            after = tree_fingerprint(req.cwd, req.watch, req.env)
+            changed_nothing = None if after is None else after == before
+        if req.verify_argv:
+            outcome, verify_exit, verify_tail = _verify(req, conn, outcome)
+            ended = time.time()
     return AttemptResult(req.task_id, req.attempt, outcome, exit_code, started, ended,
-                         stderr_tail, child.pid, meter.peak_rss_mb, meter.cpu_s)
+                         stderr_tail, child.pid, meter.peak_rss_mb, meter.cpu_s,
+                         changed_nothing, verify_exit, verify_tail)
 
 
 def _stream(req: AttemptRequest, conn, child, state, transcript, started: float, meter):
@@ -199,6 +260,223 @@ def _stream(req: AttemptRequest, conn, child, state, transcript, started: float,
             last_progress = last_event
             _send(conn, Progress(req.task_id, req.attempt,
                                  dict(state.progress(), **meter.progress())))
+
+
+def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
+    """Run the request's verify command after the successful outcome `ok`; return the
+    attempt's outcome (`ok` itself if it passed), its exit code and its output's tail."""
+    from qw.claude import one_line
+    from qw.config import duration_text   # as the user writes it: "10m", "1s"
+    from qw.outcome import INTERRUPTED, VERIFY_ERROR, VERIFY_FAILED
+    from qw.proctree import resolve_command, start_child
+
+    command, name = req.verify_command or " ".join(req.verify_argv), req.verify_argv[0]
+    # In messages, short enough to leave room for what went wrong (the log has it whole).
+    shown = one_line(command, 60)
+    started = time.time()
+    tail = _Tail(VERIFY_TAIL_CHARS)
+    with open(req.verify_log, "wb") as log:
+        log.write(f"$ {command}\n".encode("utf-8"))
+        log.flush()
+        try:
+            exe = resolve_command(name, req.env, req.cwd)
+            child = start_child(_merged_output(exe, req.verify_argv), env=req.env,
+                                cwd=req.cwd, stdin_data=b"", grace=req.grace_s)
+        except OSError as error:
+            why = "not found on PATH" if isinstance(error, FileNotFoundError) \
+                else (error.strerror or str(error))
+            log.write(f"qw: cannot start {name}: {why}\n".encode("utf-8"))
+            return replace(ok, kind=VERIFY_ERROR, message=f"verify `{shown}` could not "
+                           f"be started: {name}: {why}"), None, ""
+        cancel_reason = None
+        timed_out = False
+        try:
+            deadline = started + req.verify_timeout_s
+            while True:
+                now = time.time()
+                if now >= deadline:
+                    timed_out = True
+                    break
+                cancel_reason = _cancel_requested(conn)
+                if cancel_reason:
+                    break
+                line = child.read_line(max(0.01, min(POLL_S, deadline - now)))
+                if line is None:
+                    continue
+                if line == b"":
+                    break
+                log.write(line)
+                log.flush()   # `qw logs --follow` shows it as it comes
+                tail.add(line)
+            if timed_out or cancel_reason:
+                exit_code = child.stop()
+            else:
+                exit_code = child.wait(req.grace_s * 2 + 5)
+                if exit_code is None:   # closed its output but did not exit
+                    exit_code = child.stop()
+        finally:
+            child.close()
+        text = tail.text()
+        if cancel_reason:
+            log.write(b"\n[stopped: the run is stopping]\n")
+            return replace(ok, kind=INTERRUPTED, message=cancel_reason, note=""), None, text
+        if timed_out:
+            limit = duration_text(req.verify_timeout_s)
+            log.write(f"\n[stopped: still running after {limit}]\n".encode("utf-8"))
+            return replace(ok, kind=VERIFY_FAILED, note="", message=(
+                f"verify `{shown}` timed out after {limit} ([run] verify_timeout)")), \
+                None, text
+        log.write(f"[exit {exit_code}]\n".encode("utf-8"))
+    if exit_code == 0:
+        return ok, 0, text
+    last = next((l for l in reversed(text.splitlines()) if l.strip()), "(no output)")
+    return replace(ok, kind=VERIFY_FAILED, note="", message=(
+        f"verify `{shown}` failed (exit {exit_code}): {one_line(last, 200)}")), \
+        exit_code, text
+
+
+def _merged_output(exe: str, argv: Tuple[str, ...]) -> List[str]:
+    """The argv that runs `exe` (found for argv[0]) with argv, stderr into stdout."""
+    code = _MERGE_WINDOWS if os.name == "nt" else _MERGE_POSIX
+    return [sys.executable, "-I", "-S", "-c", code, exe] + list(argv)
+
+
+class _Tail:
+    """The last `limit` characters of a stream of output lines."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.parts: List[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        # Bytes, then characters: 4 bytes per character at most in UTF-8.
+        while len(self.parts) > 1 and self.size - len(self.parts[0]) >= self.limit * 4:
+            self.size -= len(self.parts.pop(0))
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace")[-self.limit:]
+
+
+# ----- did the child change anything?
+
+
+def change_pathspecs(files, excluded=()) -> Tuple[str, ...]:
+    """The git pathspecs a task's changes are looked for in (paths relative to the repo
+    root): its declared files when it declares any, else the whole tree less `excluded`
+    (qw's own files: `.qw/`, tasks.md, which change while any task runs)."""
+    if files:
+        return tuple(files)
+    # A path outside the repository makes git refuse the whole command: leave it out.
+    return (".",) + tuple(f":(exclude){p}" for p in excluded
+                           if p and not p.startswith(".."))
+
+
+def tree_fingerprint(cwd: str, pathspecs, env: Dict[str, str]) -> Optional[tuple]:
+    """What `git status` says of `pathspecs` in the work tree holding `cwd`, with each
+    listed path's mtime and size and the HEAD commit: equal before and after a child means
+    it changed nothing there. None when `cwd` is in no git work tree, or git fails.
+
+    One `git status` (porcelain v2 for `branch.oid`: a child that committed its work
+    leaves a clean tree, but a new HEAD). Files git ignores are not seen; neither is an
+    edit that leaves a file's mtime and size as they were.
+    """
+    top = _work_tree_top(cwd)
+    if top is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all",
+             "--"] + list(pathspecs),
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, timeout=GIT_STATUS_TIMEOUT_S,
+            # Not even the index refresh's lock: children may be running git themselves,
+            # and a `git commit` of theirs must not fail on our index.lock.
+            env=dict(env, GIT_OPTIONAL_LOCKS="0"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return _status_fingerprint(done.stdout, top)
+
+
+def _status_fingerprint(output: bytes, top: str) -> tuple:
+    """`git status --porcelain=v2 -z --branch` output as a comparable value."""
+    fields = output.split(b"\0")
+    items = []
+    at = 0
+    while at < len(fields):
+        record = fields[at]
+        at += 1
+        if not record:
+            continue
+        if record.startswith(b"#"):   # branch.oid, branch.head: a commit, a checkout
+            items.append((record, None))
+            continue
+        # Changed (1), renamed (2, the old path follows as a field of its own), unmerged
+        # (u): the path is the last of a fixed number of space-separated words. Untracked
+        # (?) and ignored (!): everything after the mark.
+        words = {b"1": 8, b"2": 9, b"u": 10}.get(record[:1])
+        path = record.split(b" ", words)[-1] if words else record[2:]
+        if record[:1] == b"2":
+            at += 1
+        try:
+            st = os.stat(os.path.join(os.fsencode(top), path))
+            seen = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = None   # deleted
+        items.append((record, seen))
+    return tuple(items)
+
+
+def _work_tree_top(cwd: str) -> Optional[str]:
+    """The top of the git work tree holding `cwd` (the nearest folder with a `.git`), or
+    None. git's paths in `status` are relative to it."""
+    path = os.path.abspath(cwd)
+    while True:
+        if os.path.exists(os.path.join(path, ".git")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+# ----- what the runner asks for
+
+
+def verify_argv(task, run, tasks_path: str) -> Tuple[Tuple[str, ...], str]:
+    """The verify command for `task` (its `_Verify:` line, else `[run] verify`) as argv,
+    and as written; ((), "") when there is none (also `none`, or empty). SpecError or
+    ConfigError when it cannot be split into words (an unclosed quote)."""
+    from qw.errors import ConfigError, SpecError
+
+    own = task.verify is not None   # even `none` or empty: the task's line wins
+    command = (task.verify if own else run.verify or "").strip()
+    if command.lower() in ("", "none"):
+        return (), ""
+    try:
+        argv = split_command(command)
+    except ValueError as error:
+        what = f"cannot split the verify command {command!r} into words ({error})"
+        fix = "close the quote; the command runs without a shell (write `sh -c '...'`)"
+        if own:
+            raise SpecError(f"task {task.id}: {what}", f"{tasks_path}:{task.line}",
+                            fix) from None
+        raise ConfigError(what, "[run] verify", fix) from None
+    return (tuple(argv), command) if argv else ((), "")
+
+
+def split_command(command: str) -> List[str]:
+    """`command` split into words like a POSIX shell would, without running one (no
+    pipes, no variables). ValueError for an unclosed quote. On Windows, backslashes stay
+    (they are path separators there) and quotes around a word are removed."""
+    if os.name != "nt":
+        return shlex.split(command)
+    words = shlex.split(command, posix=False)
+    return [w[1:-1] if len(w) > 1 and w[0] == w[-1] and w[0] in "\"'" else w for w in words]
 
 
 class _Meter:

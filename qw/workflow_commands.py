@@ -1,7 +1,7 @@
-"""The commands of the spec workflow: `approve`, `hook`, `consume`.
+"""The commands of the spec workflow: `new`, `workflow`, `approve`, `hook`, `consume`.
 
-They wire qw.approve, qw.hooks and qw.consume (which hold the logic) to the command line;
-`qw new` and `qw workflow` will join them here.
+They wire qw.workflow, qw.approve, qw.hooks and qw.consume (which hold the logic) to the
+command line.
 """
 
 from __future__ import annotations
@@ -13,6 +13,29 @@ import time
 
 from qw.commands import repo_of
 from qw.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, UsageError
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from qw.commands import config_of
+    from qw.workflow import new_spec
+
+    repo = repo_of(args)
+    return new_spec(repo, args.spec, args.description, config_of(args, repo), _say,
+                    auto_approve=args.auto_approve)
+
+
+def cmd_workflow(args: argparse.Namespace) -> int:
+    from qw.commands import config_of
+    from qw.workflow import advance_spec
+
+    repo = repo_of(args)
+    return advance_spec(repo, args.spec, config_of(args, repo), _say,
+                        auto_approve=args.auto_approve)
+
+
+def _say(line: str) -> None:
+    """The workflow's lines, as they come (a workflow runs for minutes)."""
+    print(line, flush=True)
 
 
 def cmd_approve(args: argparse.Namespace) -> int:

@@ -24,6 +24,13 @@ state)::
     FAKE: usage-limit [five_hour|seven_day|seven_day_opus|seven_day_sonnet]
                                         the 429 a subscription gets at its usage limit
 
+A directive written ``FAKE[<text>]: <verb> <words>`` is gated: it applies only when the
+prompt's text outside the directives (and their bodies) contains <text> (no "]" in it). One
+script can so answer prompts that share it differently, as the phases of a workflow do: each
+phase's prompt carries the same feature description, and its own target path::
+
+    FAKE[specs/demo/design.md`]: write .claude/specs/demo/design.md <<# Design ...>>
+
 write and bash are taken in order, one per turn; after them the first other step answers
 (default: the text "Done."). A held request (hang, stall) ends at close(), when the CLI
 disconnects, or after HOLD_MAX_S. A prompt may also set::
@@ -83,7 +90,8 @@ TURN_VERBS = TOOL_VERBS + ("text", "hang", "stall", "usage-limit")
 HEADERS_KEPT = ("anthropic-beta", "anthropic-version", "user-agent", "x-api-key",
                 "authorization", "x-stainless-retry-count", "x-claude-code-session-id")
 # A directive starts a line, or a list item (a task's detail bullet: "  - FAKE: ...").
-_DIRECTIVE = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?FAKE:[ \t]*([a-z-]+)[ \t]*([^\n]*)", re.M)
+_DIRECTIVE = re.compile(r"^[ \t]*(?:[-*+][ \t]+)?FAKE(?:\[([^\]\n]*)\])?:[ \t]*([a-z-]+)[ \t]*"
+                        r"([^\n]*)", re.M)
 _BODY_END = re.compile(r">>[ \t]*(\n|$)")
 _CWD = re.compile(r"Primary working directory: (.+)")
 
@@ -131,19 +139,28 @@ class Request:
 
 def parse_script(prompt: str) -> Script:
     """Read the FAKE: directives of a prompt; ValueError names a directive it cannot read."""
-    steps, fail_count, fail_status, key, usage, hang_first = [], 0.0, 0, prompt, (1000, 50), 0
+    found = []  # (gate, the directive's text, its step)
+    spans = []  # where directives and their bodies are: not part of the prompt's own text
     pos = 0
     while True:
         m = _DIRECTIVE.search(prompt, pos)
         if not m:
             break
-        step, pos = Step(m.group(1), m.group(2).strip()), m.end()
+        step, pos = Step(m.group(2), m.group(3).strip()), m.end()
         if "<<" in step.words:
-            start = m.start(2) + m.group(2).index("<<") + 2
+            start = m.start(3) + m.group(3).index("<<") + 2
             close = _BODY_END.search(prompt, start)
             end = close.start() if close else len(prompt)
             step, pos = Step(step.verb, step.words.split("<<")[0].strip(),
                              prompt[start:end]), close.end() if close else end
+        found.append((m.group(1), m.group(0), step))
+        spans.append((m.start(), pos))
+    plain = "".join(prompt[a:b] for a, b in zip([0] + [e for _, e in spans],
+                                                [s for s, _ in spans] + [len(prompt)]))
+    steps, fail_count, fail_status, key, usage, hang_first = [], 0.0, 0, prompt, (1000, 50), 0
+    for gate, directive, step in found:
+        if gate is not None and gate not in plain:
+            continue
         try:
             if step.verb == "fail":
                 count, status = step.words.split()
@@ -161,7 +178,7 @@ def parse_script(prompt: str) -> Script:
             else:
                 raise ValueError("unknown verb")
         except ValueError as e:
-            raise ValueError("bad directive %r: %s" % (m.group(0), e)) from None
+            raise ValueError("bad directive %r: %s" % (directive, e)) from None
     return Script(tuple(steps), fail_count, fail_status, key, usage, hang_first)
 
 

@@ -23,8 +23,15 @@ through lines `FAKE: <directive>` (the prompt carries the task's whole block):
     FAKE: max-turns            end with error_max_turns
     FAKE: alloc 300 1.5        allocate 300 MB, touching every page (so all of it is
                                resident), and hold it for 1.5 s (default 1) before going on
+    FAKE: log-prompt           log this start's prompt (an event "prompt", field "text")
 
 `FAKE@N: <directive>` applies only to attempt N (QW_ATTEMPT) of the task.
+
+Sessions: each start without `--resume` opens a new session (its id in every event) and
+keeps its prompt in $FAKE_CLAUDE_STATE/session-<id>.txt. `--resume ID` continues it as the
+real CLI does: the directives of every earlier prompt of the session apply again, along
+with the new prompt's (a resumed prompt need not repeat the task); an unknown ID fails
+like the CLI ("No conversation found with session ID: ...", exit 1, no result).
 
 Every start and end is appended to $FAKE_CLAUDE_LOG as a JSON line (task, attempt, pid, t;
 a start also has `ppids`, the parent chain: guard, then worker) so tests can check
@@ -84,10 +91,34 @@ def parent_chain(pid, depth=2):
     return chain
 
 
+SESSION = {"id": "fake-session"}   # this start's session, once main() has opened it
+
+
+def open_session(prompt):
+    """The prompt whose directives apply: the session's earlier prompts (with --resume)
+    and this one; None when the session to resume is unknown."""
+    state = os.environ.get("FAKE_CLAUDE_STATE")
+    if "--resume" in sys.argv:
+        SESSION["id"] = sys.argv[sys.argv.index("--resume") + 1]
+    else:
+        SESSION["id"] = "fake-%s-%s-%d" % (os.environ.get("QW_TASK_ID"),
+                                           os.environ.get("QW_ATTEMPT"), os.getpid())
+    if not state:
+        return prompt
+    path = os.path.join(state, "session-%s.txt" % SESSION["id"])
+    if "--resume" in sys.argv:
+        if not os.path.exists(path):
+            return None
+        prompt = open(path, encoding="utf-8").read() + "\n" + prompt
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(prompt)
+    return prompt
+
+
 def result(is_error=False, subtype="success", text="Done.", status=None, turns=2, cost=0.01):
     event = {"type": "result", "subtype": subtype, "is_error": is_error,
              "api_error_status": status, "duration_ms": 10, "num_turns": turns,
-             "session_id": "fake-session", "total_cost_usd": cost, "usage": {},
+             "session_id": SESSION["id"], "total_cost_usd": cost, "usage": {},
              "permission_denials": [], "terminal_reason": "completed"}
     if subtype == "success":
         event["result"] = text
@@ -128,10 +159,15 @@ def main():
         return 0
     prompt = sys.stdin.read()
     log("start", argv=sys.argv[1:], prompt_chars=len(prompt), ppids=parent_chain(os.getpid()))
-    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": "fake-session",
+    session_prompt = open_session(prompt)
+    if session_prompt is None:
+        sys.stderr.write("No conversation found with session ID: %s\n" % SESSION["id"])
+        log("end", outcome="no-session")
+        return 1
+    emit({"type": "system", "subtype": "init", "cwd": os.getcwd(), "session_id": SESSION["id"],
           "tools": ["Write", "Bash"], "model": "fake-model", "permissionMode": "acceptEdits",
           "claude_code_version": "2.1.197"})
-    for words in directives(prompt):
+    for words in directives(session_prompt):
         verb, args = words[0], words[1:]
         if verb == "first":
             if not fail_count(int(args[0]), "first"):
@@ -207,6 +243,8 @@ def main():
             log("alloc", mb=len(held) >> 20)
             time.sleep(float(args[1]) if len(args) > 1 else 1.0)
             del held
+        elif verb == "log-prompt":
+            log("prompt", text=prompt)
         elif verb == "max-turns":
             emit(result(True, subtype="error_max_turns", text="max turns", turns=5))
             log("end", outcome="max-turns")

@@ -53,6 +53,7 @@ def log_entries(repo: Path):
 
 @pytest.mark.parametrize("text, argv", [
     ("qw run demo\n", ["run", "demo"]),
+    ("qw workflow demo\n", ["workflow", "demo"]),
     ("qw approve demo\n", ["approve", "demo"]),
     ("qw approve other design", ["approve", "other", "design"]),
     ("qw run demo", ["run", "demo"]),
@@ -91,7 +92,9 @@ def test_allowed_commands_run_through_the_seam_and_the_file_is_deleted(repo, tex
     ("qw backup restore x", "qw backup is not a workflow command"),
     ("qw run demo --dry-run", "unexpected option --dry-run"),
     ("qw run demo --repo /", "unexpected option --repo"),
-    ("qw workflow demo", "workflow"),
+    ("qw workflow demo design", "qw workflow takes SPEC, got 2 argument(s)"),
+    ("qw workflow demo --auto-approve", "unexpected option --auto-approve"),
+    ("qw new demo x", "qw new is not a workflow command"),
     ("qw run demo extra", "qw run takes SPEC, got 2 argument(s)"),
     ("qw approve demo everything", "unknown phase 'everything'"),
     ("qw", "no qw command in the suggestion"),

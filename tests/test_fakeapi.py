@@ -204,3 +204,21 @@ def test_parse_script_reads_bodies_modifiers_and_rejects_unknown_verbs():
     assert (script.key, script.usage) == ("t3", (10, 2))
     with pytest.raises(ValueError, match="FAKE: frobnicate"):
         parse_script("FAKE: frobnicate now")
+
+
+def test_a_gated_directive_applies_only_when_the_prompts_own_text_names_its_gate():
+    description = ("Build a greeter.\n"
+                   "FAKE[specs/demo/design.md`]: write d.md <<# Design\nnames specs/demo/tasks.md` "
+                   "in its body>>\n"
+                   "FAKE[specs/demo/tasks.md`]: text tasks written\n"
+                   "FAKE: usage 10 5\n")
+    design = parse_script("Write the whole document to `.claude/specs/demo/design.md`.\n"
+                          + description)
+    assert design.steps == (Step("write", "d.md",
+                                 "# Design\nnames specs/demo/tasks.md` in its body"),)
+    assert design.usage == (10, 5)          # an ungated directive applies everywhere
+    # The gate is looked for outside directives: a body naming it does not open it.
+    tasks = parse_script("Write the whole document to `.claude/specs/demo/tasks.md`.\n"
+                         + description)
+    assert tasks.steps == (Step("text", "tasks written"),)
+    assert parse_script(description).steps == ()

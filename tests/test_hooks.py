@@ -201,16 +201,16 @@ def test_a_document_that_now_validates_is_suggested_for_approval(tmp_path):
     assert suggestion(tmp_path) == "qw approve demo requirements\n"
 
 
-def test_approved_tasks_suggest_the_run_from_project_dir_or_a_subfolder(tmp_path):
+def test_approved_tasks_suggest_the_workflow_from_project_dir_or_a_subfolder(tmp_path):
     make_repo(tmp_path, tasks=TASKS_MD.replace("[x]", "[ ]"))
     approve(str(tmp_path), "demo", "tasks")
     sub = tmp_path / "src" / "deep"
     sub.mkdir(parents=True)
     assert hook_stop(stop_json(sub), {}) == 0        # found from cwd upwards
-    assert suggestion(tmp_path) == "qw run demo\n"
+    assert suggestion(tmp_path) == "qw workflow demo\n"
     (tmp_path / ".claude" / "next_command.txt").unlink()
     assert hook_stop(stop_json(Path("/")), {"CLAUDE_PROJECT_DIR": str(tmp_path)}) == 0
-    assert suggestion(tmp_path) == "qw run demo\n"
+    assert suggestion(tmp_path) == "qw workflow demo\n"
 
 
 def test_the_spec_changed_last_wins(tmp_path):

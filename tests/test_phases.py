@@ -7,9 +7,9 @@ import pytest
 from qw import phases
 from qw.phases import (APPROVE, COMPLETE, DESIGN, DONE, FIX, IMPLEMENTATION, INVALID,
                        REQUIREMENTS, REVIEW, RUN, START, STEERING, TASKS, TESTING,
-                       VALID, WRITE, Position, SpecFacts, current_phase, hook_suggestion,
-                       next_command, phase_prompt, validate_design, validate_requirements,
-                       validate_tasks, where)
+                       VALID, WRITE, Position, SpecFacts, analyst_prompt, current_phase,
+                       hook_suggestion, is_analyst, next_command, phase_line, phase_prompt,
+                       validate_design, validate_requirements, validate_tasks, where)
 
 REQUIREMENTS_MD = """\
 # Requirements: greeter
@@ -123,16 +123,16 @@ def test_the_order_of_phases():
 # --- what advances a spec ---------------------------------------------------------------
 
 @pytest.mark.parametrize("phase, step, command", [
-    (STEERING, START, None),
-    (REQUIREMENTS, WRITE, None),
-    (REQUIREMENTS, FIX, None),
+    (STEERING, START, None),                  # `qw new` needs a human's description
+    (REQUIREMENTS, WRITE, "qw workflow demo"),
+    (REQUIREMENTS, FIX, "qw workflow demo"),
     (REQUIREMENTS, APPROVE, "qw approve demo requirements"),
     (DESIGN, APPROVE, "qw approve demo design"),
     (TASKS, APPROVE, "qw approve demo tasks"),
-    (TASKS, WRITE, None),
-    (IMPLEMENTATION, RUN, "qw run demo"),
-    (TESTING, RUN, None),
-    (REVIEW, RUN, None),
+    (TASKS, WRITE, "qw workflow demo"),
+    (IMPLEMENTATION, RUN, "qw workflow demo"),
+    (TESTING, RUN, "qw workflow demo"),
+    (REVIEW, RUN, "qw workflow demo"),
     (COMPLETE, DONE, None),
 ])
 def test_next_command_for_each_phase(phase, step, command):
@@ -140,15 +140,15 @@ def test_next_command_for_each_phase(phase, step, command):
 
 
 def test_a_spec_name_with_a_space_is_quoted():
-    assert next_command("my spec", IMPLEMENTATION) == "qw run 'my spec'"
+    assert next_command("my spec", IMPLEMENTATION) == "qw workflow 'my spec'"
 
 
 @pytest.mark.parametrize("position, suggestion", [
     (Position(REQUIREMENTS, APPROVE, ""), "qw approve demo requirements"),
-    (Position(DESIGN, WRITE, ""), None),      # requirements approved
-    (Position(IMPLEMENTATION, RUN, ""), "qw run demo"),     # tasks approved
-    (Position(TESTING, RUN, ""), None),       # every task checked
-    (Position(REVIEW, RUN, ""), None),        # tests passed
+    (Position(DESIGN, WRITE, ""), "qw workflow demo"),       # requirements approved
+    (Position(IMPLEMENTATION, RUN, ""), "qw workflow demo"),  # tasks approved
+    (Position(TESTING, RUN, ""), "qw workflow demo"),         # every task checked
+    (Position(REVIEW, RUN, ""), "qw workflow demo"),          # tests passed
     (Position(REQUIREMENTS, WRITE, ""), None),              # nothing complete yet
     (Position(DESIGN, FIX, ""), None),                      # someone may be editing it
     (Position(STEERING, START, ""), None),
@@ -269,7 +269,9 @@ def test_validate_document_dispatches_by_phase():
 def test_the_requirements_prompt_says_what_to_write_where_and_in_which_format():
     prompt = phase_prompt(REQUIREMENTS, "demo", "A greeter that says hello.\nFAKE: text ok",
                           {"steering/product.md": "We make greeters."})
-    assert "`.claude/specs/demo/requirements.md`" in prompt
+    # Written as a draft (Claude Code refuses writes under .claude/), then put in place.
+    assert "Write the whole document to `.qw/drafts/demo/requirements.md`" in prompt
+    assert "in place as .claude/specs/demo/requirements.md" in prompt
     assert "### Requirement 1:" in prompt and "**User Story:**" in prompt
     assert "WHEN <event> THEN the system SHALL <response>" in prompt
     assert "A greeter that says hello.\nFAKE: text ok" in prompt   # verbatim, lines kept
@@ -295,8 +297,25 @@ def test_a_retry_lists_the_problems_to_fix():
 
 def test_review_and_testing_prompts_and_phases_without_one():
     review = phase_prompt(REVIEW, "demo", "greeter", {"tasks.md": TASKS_MD})
-    assert "`.claude/specs/demo/review.md`" in review and "Verdict:" in review
+    assert "`.qw/drafts/demo/review.md`" in review and "Verdict:" in review
     assert "tests" in phase_prompt(TESTING, "demo", "greeter", {})
     for phase in (STEERING, IMPLEMENTATION, COMPLETE):
         with pytest.raises(ValueError):
             phase_prompt(phase, "demo", "greeter", {})
+
+
+def test_the_phase_line_counts_tasks_during_the_implementation():
+    assert phase_line(Position(IMPLEMENTATION, RUN, "tasks.md has unchecked tasks"), 3, 7) \
+        == "implementation (tasks 3/7 done)"
+    assert phase_line(Position(DESIGN, APPROVE, "design.md waits for approval"), 0, 0) \
+        == "design (design.md waits for approval)"
+
+
+def test_analysts_are_architects_and_security_reviewers_and_get_the_documents():
+    assert [n for n in ("architect", "security-reviewer", "Security", "reviewer", "tester",
+                        "architecture-lead") if is_analyst(n)] == \
+        ["architect", "security-reviewer", "Security", "architecture-lead"]
+    prompt = analyst_prompt("architect", "demo", "A greeter.", {"requirements.md": "# R\n"})
+    assert "As the architect" in prompt and "A greeter." in prompt
+    assert "--- requirements.md ---\n# R\n--- end of requirements.md ---" in prompt
+    assert "Do not create or change any file" in prompt
