@@ -37,7 +37,7 @@ def summary(times):
 def main():
     pyz, n, per_kind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     sys.path.insert(0, pyz)
-    from qw.journal import StateStore
+    from qw.statestore import StateStore
     from qw.stateowner import start_owner
 
     ids = [str(i) for i in range(1, n + 1)]

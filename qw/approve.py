@@ -22,12 +22,13 @@ import getpass
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional
 
 from qw.errors import SpecError, StateError, UsageError
 from qw.phases import (DESIGN, DOCUMENT_FILES, DOCUMENT_PHASES, INVALID, MISSING,
-                       REQUIREMENTS, REVIEW_FILE, TASKS, VALID, SpecFacts, validate_document)
+                       REQUIREMENTS, REVIEW_FILE, TASKS, VALID, SpecFacts, validate_document,
+                       where)
 
 MARKER = "\u2705 APPROVED"      # what the spec-workflow dashboard looks for
 STATE_FORMAT = 1
@@ -211,11 +212,16 @@ def _check_approvable(spec: str, phase: str, document: str,
                         document, f"fix it; `qw validate {spec}` lists every problem")
 
 
-def read_facts(repo: str, spec: str, auto_approve: bool = False) -> SpecFacts:
+def read_facts(repo: str, spec: str, auto_approve: bool = False,
+               quick: bool = False) -> SpecFacts:
     """The facts `qw.phases.where` needs about a spec, read from its folder and qw's state.
-    A document that cannot be read counts as invalid; a damaged state as no approvals."""
+    A document that cannot be read counts as invalid; a damaged state as no approvals.
+
+    `quick` (for `qw status`, which must stay fast on a 10,000-task spec): tasks.md counts
+    as valid when its checkboxes can be read, without planning it or checking its
+    references; the workflow itself always checks it fully before going on."""
     from qw.specdir import SPECS_DIR, read_text
-    from qw.tasks import parse_tasks
+    from qw.tasks import checkbox_marks
 
     folder = os.path.join(repo, SPECS_DIR, spec)
     if not os.path.isdir(folder):
@@ -235,23 +241,28 @@ def read_facts(repo: str, spec: str, auto_approve: bool = False) -> SpecFacts:
             continue
         if texts[phase] is None:
             documents[phase] = MISSING
+        elif phase == TASKS and quick:
+            documents[phase] = VALID   # for now: read below only if it can matter
         else:
             problems = validate_document(phase, texts[phase], path, texts.get(REQUIREMENTS))
             documents[phase] = INVALID if problems else VALID
     recorded = state.get("approvals") if isinstance(state.get("approvals"), dict) else {}
     approved = {p for p in DOCUMENT_PHASES
                 if p in recorded or (texts[p] is not None and MARKER in texts[p])}
-    tasks_done = False
-    if documents[TASKS] == VALID:
-        tasks = parse_tasks(texts[TASKS], os.path.join(folder, DOCUMENT_FILES[TASKS]))
-        tasks_done = all(task.mark == "x" for task in tasks)
     tests = state.get("tests") if isinstance(state.get("tests"), dict) else {}
-    return SpecFacts(
+    facts = SpecFacts(
         exists=True, requirements=documents[REQUIREMENTS], design=documents[DESIGN],
         tasks=documents[TASKS], approved=frozenset(approved), auto_approve=auto_approve,
-        tasks_done=tasks_done,
         tests_passed=tests.get("passed") if isinstance(tests.get("passed"), bool) else None,
         review=os.path.isfile(os.path.join(folder, REVIEW_FILE)))
+    if documents[TASKS] != VALID or where(facts).phase in (REQUIREMENTS, DESIGN):
+        return facts   # an earlier phase holds the spec: tasks.md cannot change where it is
+    try:   # one scan of the boxes: the fields are not needed
+        marks = checkbox_marks(texts[TASKS], os.path.join(folder, DOCUMENT_FILES[TASKS]))
+    except SpecError:   # quick: found only now
+        return replace(facts, tasks=INVALID)
+    return replace(facts, tasks=VALID if marks else INVALID,
+                   tasks_done=all(mark == "x" for mark, _ in marks.values()))
 
 
 def _user() -> str:

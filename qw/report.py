@@ -218,6 +218,14 @@ def print_resources(snap) -> None:
     out.write(f"backend: {snap.backend}" + (f" ({snap.note})" if snap.note else "") + "\n")
 
 
+def _some(ids, shown: int = 20) -> str:
+    """Task ids for one line: all of a few, the first `shown` and a count of many."""
+    ids = list(ids)
+    if len(ids) <= shown:
+        return ", ".join(ids)
+    return f"{', '.join(ids[:shown])} and {len(ids) - shown} more ({len(ids)} tasks)"
+
+
 def print_reset(result) -> None:
     out = _out()
     for warning in result.warnings:
@@ -228,9 +236,9 @@ def print_reset(result) -> None:
     if result.forgot:
         out.write(f"forgot all of qw's state for {result.spec} (transcripts are kept)\n")
     if result.reset:
-        out.write(f"back to pending: {', '.join(result.reset)}\n")
+        out.write(f"back to pending: {_some(result.reset)}\n")
     if result.unchecked:
-        out.write(f"unticked in tasks.md: {', '.join(result.unchecked)}\n")
+        out.write(f"unticked in tasks.md: {_some(result.unchecked)}\n")
     out.write(f"backup taken first: {result.backup} (qw backup restore {result.backup})\n")
 
 

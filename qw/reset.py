@@ -28,13 +28,14 @@ from typing import Dict, List, Optional, Tuple
 from qw import __version__
 from qw.backup import auto_backup
 from qw.errors import UsageError
-from qw.journal import REPAIR, StateStore, atomic_write
+from qw.journal import atomic_write
+from qw.statestore import REPAIR, StateStore
 from qw.lock import SpecLock
 from qw.specdir import read_text, resolve_spec
 from qw.state import (FAILED, PENDING, READY, SKIPPED, RunState, TaskRecord,
                       recover_interrupted)
 from qw.stateowner import withdraw_stale
-from qw.tasks import TaskList, parse_tasks, set_checkbox
+from qw.tasks import TaskList, checkbox_marks, parse_tasks, with_marks
 
 _QW_MARKS = ("x", "-")   # the marks qw writes; --uncheck clears these only
 
@@ -156,10 +157,8 @@ def _unticks(tasks: TaskList, targets: Optional[List[str]],
 def _untick(path: str, marks: Dict[str, str]) -> None:
     """Write `marks` into tasks.md, re-read now (under the lock), every other byte kept."""
     text = read_text(path)
-    present = parse_tasks(text, path).by_id
-    new = text
-    for task_id, mark in marks.items():
-        if task_id in present:
-            new = set_checkbox(new, task_id, mark, path)
+    present = checkbox_marks(text, path)
+    new = with_marks(text, {present[task_id][1]: mark for task_id, mark in marks.items()
+                            if task_id in present})
     if new != text:
         atomic_write(path, new.encode("utf-8"))

@@ -120,6 +120,9 @@ class RunState:
         # {agent key: its last peaks}, kept across runs. Replaced, never changed in place:
         # savepoint/rollback copy the run-level fields shallowly.
         self.memory_peaks: Dict[str, List[float]] = {}
+        # Where the run's journal stood when the snapshot this state came from was written
+        # (None: not known). Not state: a hint that lets a load read only the newer lines.
+        self.journal_bytes: Optional[int] = None
 
     # ----- the one way to change it
 
@@ -405,10 +408,14 @@ class Damaged(Exception):
         self.reason = reason
 
 
-def encode_snapshot(state: "RunState") -> bytes:
-    """The snapshot file's bytes: `to_snapshot()` as compact JSON, with a last key
-    "sha256" holding the sha256 of those very bytes without it (one serialisation)."""
-    body = _compact(state.to_snapshot()).encode("utf-8")
+def encode_snapshot(state: "RunState", journal_bytes: Optional[int] = None) -> bytes:
+    """The snapshot file's bytes: `to_snapshot()` as compact JSON (plus `journal_bytes`,
+    the length of the run's journal it covers, when given), with a last key "sha256"
+    holding the sha256 of those very bytes without it (one serialisation)."""
+    data = state.to_snapshot()
+    if journal_bytes is not None:
+        data["journal_bytes"] = journal_bytes
+    body = _compact(data).encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
     return body[:-1] + b',"sha256":"' + digest.encode("ascii") + b'"}\n'
 
@@ -429,9 +436,12 @@ def decode_snapshot(raw: bytes, where: Optional[str] = None) -> "RunState":
     if digest is not None and not _digest_matches(raw, data, digest):
         raise Damaged("checksum mismatch")
     try:
-        return RunState.from_snapshot(data, where)
+        state = RunState.from_snapshot(data, where)
     except StateError as exc:
         raise Damaged(exc.what) from None
+    hint = data.get("journal_bytes")
+    state.journal_bytes = hint if isinstance(hint, int) and hint >= 0 else None
+    return state
 
 
 def refuse_newer(what: str, found: int, ours: int, where: Optional[str]) -> None:

@@ -26,7 +26,8 @@ from multiprocessing.managers import BaseManager, BaseProxy, Server, dispatch
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from qw.errors import LockHeld, StateError
-from qw.journal import REPAIR, StateStore, atomic_write
+from qw.journal import atomic_write
+from qw.statestore import REPAIR, StateStore
 from qw.lock import pid_alive
 
 

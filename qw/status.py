@@ -62,7 +62,7 @@ def _phase(repo: str, spec: str, view: Dict[str, object]) -> Dict[str, object]:
                 for name in ("requirements.md", "design.md"))):
         return none
     try:
-        position = where(read_facts(repo, spec))
+        position = where(read_facts(repo, spec, quick=True))
     except QwError:   # documents qw cannot read: the task table still stands
         return none
     totals = view.get("totals") or {}
@@ -99,7 +99,7 @@ def _stored_view(qw_dir: str, spec: str, tasks_path: str,
                  warnings: List[str]) -> Optional[Dict[str, object]]:
     """The stored state's view, or None if there is none; what loading it had to rebuild
     is added to `warnings` either way (damage that left nothing to rebuild is news too)."""
-    from qw.journal import IN_MEMORY, StateStore
+    from qw.statestore import IN_MEMORY, StateStore
     from qw.state import recover_interrupted
 
     # Without the spec's lock: damaged state is rebuilt in memory only, never rewritten.

@@ -460,6 +460,20 @@ def checkbox_marks(text: str, path: str = "tasks.md") -> Dict[str, Tuple[str, in
             for block in _scan(text, path)}
 
 
+def with_marks(text: str, marks: Dict[int, str]) -> str:
+    """`text` with the mark character at each offset of `marks` (offsets from
+    checkbox_marks) replaced, every other character kept: one pass, whatever the count."""
+    pieces, start = [], 0
+    for offset in sorted(marks):
+        mark = marks[offset]
+        if mark not in MARKS:
+            raise ValueError(f"mark must be one of {sorted(MARKS)!r}, not {mark!r}")
+        pieces += [text[start:offset], mark]
+        start = offset + 1
+    pieces.append(text[start:])
+    return "".join(pieces)
+
+
 def set_checkbox(text: str, task_id: str, mark: str, path: str = "tasks.md") -> str:
     """`text` with task `task_id`'s checkbox mark set to `mark` and every other character kept.
 
@@ -468,11 +482,9 @@ def set_checkbox(text: str, task_id: str, mark: str, path: str = "tasks.md") -> 
     """
     if mark not in MARKS:
         raise ValueError(f"mark must be one of {sorted(MARKS)!r}, not {mark!r}")
-    for block in _scan(text, path):
-        if block.id == task_id:
-            if block.mark == mark:
-                return text
-            offset = _split_lines(text)[block.line - 1][0] + block.mark_column
-            return text[:offset] + mark + text[offset + 1:]
-    raise SpecError(f"task {task_id} not found", path,
-                    "the file was edited during the run: check its task numbers")
+    present = checkbox_marks(text, path)
+    if task_id not in present:
+        raise SpecError(f"task {task_id} not found", path,
+                        "the file was edited during the run: check its task numbers")
+    current, offset = present[task_id]
+    return text if current == mark else with_marks(text, {offset: mark})

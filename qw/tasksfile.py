@@ -22,7 +22,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from qw.errors import SpecError
 from qw.journal import atomic_write
 from qw.specdir import read_text
-from qw.tasks import checkbox_marks
+from qw.tasks import checkbox_marks, with_marks
 
 # What the run knows of a task (or group), as sync_marks takes it.
 DONE, RUNNING, OPEN = "done", "running", "open"
@@ -94,14 +94,9 @@ class TasksFile:
                 if mark != current:
                     changes[offset] = (task_id, mark)
         if changes:
-            pieces, start = [], 0
-            for offset in sorted(changes):   # slices, not a list of every character
-                task_id, mark = changes[offset]
-                pieces += [text[start:offset], mark]
-                start = offset + 1
+            text = with_marks(text, {offset: mark for offset, (_, mark) in changes.items()})
+            for offset, (task_id, mark) in changes.items():
                 present[task_id] = (mark, offset)
-            pieces.append(text[start:])
-            text = "".join(pieces)
             atomic_write(self.path, text.encode("utf-8"))
             self._known = (_signature(self.path), text, present)
         return MarkResult(bool(changes), missing=missing)

@@ -13,7 +13,8 @@ from runhelpers import held_lock
 
 from qw.backup import BACKUP, CORRUPT, clean, create, list_backups, restore
 from qw.errors import LockHeld, StateError, UsageError
-from qw.journal import REPAIR, STRICT, Journal, StateStore
+from qw.journal import Journal
+from qw.statestore import REPAIR, STRICT, StateStore
 from qw.reset import reset
 
 BOUND = 20.0

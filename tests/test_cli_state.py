@@ -88,3 +88,17 @@ def test_hard_reset_with_uncheck_unticks_and_backs_up_first(repo):
     assert tasks.read_text() == TASKS.replace("[x] 1.", "[ ] 1.")
     assert "backup taken first" in done.stdout
     assert "auto-" in qw(repo, "backup", "list").stdout
+
+
+def test_hard_reset_with_uncheck_of_a_large_spec_is_one_pass_and_one_line(repo):
+    # 5,000 ticked tasks: unticking them one scan each took minutes; the line listing
+    # them all was 40 KB.
+    tasks = repo / ".claude" / "specs" / "demo" / "tasks.md"
+    tasks.write_text("# Tasks\n\n" + "".join(f"- [x] {i}. Unit {i}\n  - File: u{i}.py\n"
+                                             for i in range(1, 5001)))
+    done = qw(repo, "reset", "demo", "--hard", "--uncheck")
+    assert done.returncode == 0, done.stderr
+    assert "[x]" not in tasks.read_text() and tasks.read_text().count("- [ ] ") == 5000
+    [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("unticked")]
+    assert line.startswith("unticked in tasks.md: 1, 2, 3,")
+    assert line.endswith("20 and 4980 more (5000 tasks)"), line

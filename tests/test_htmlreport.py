@@ -13,7 +13,7 @@ import pytest
 
 from qw.history import History, build_run
 from qw.htmlreport import REPORT_FILE, render_report, timeline_svg, write_report
-from qw.journal import StateStore
+from qw.statestore import StateStore
 from runhelpers import QwRepo
 from test_dashboard import journal_attempts, make_finished_run
 

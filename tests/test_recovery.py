@@ -14,7 +14,8 @@ import time
 import pytest
 
 from qw.errors import StateError
-from qw.journal import IN_MEMORY, REPAIR, STRICT, Journal, StateStore
+from qw.journal import Journal
+from qw.statestore import IN_MEMORY, REPAIR, STRICT, StateStore
 from qw.state import replay
 from qw.stateowner import start_owner
 

@@ -15,7 +15,8 @@ from runhelpers import held_lock
 
 from qw.backup import list_backups, restore
 from qw.errors import LockHeld, UsageError
-from qw.journal import IN_MEMORY, REPAIR, STRICT, Journal, StateStore
+from qw.journal import Journal
+from qw.statestore import IN_MEMORY, REPAIR, STRICT, StateStore
 from qw.reset import reset
 from qw.stateowner import live_pointer_path, owner_path
 

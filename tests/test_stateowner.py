@@ -17,7 +17,7 @@ from multiprocessing.managers import RemoteError
 import pytest
 
 from qw.errors import StateError
-from qw.journal import StateStore
+from qw.statestore import StateStore
 from qw.stateowner import connect_live, live_pointer_path, owner_path, start_owner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import pytest
 
 from qw.errors import UsageError
 from qw.history import peak_overlap
-from qw.journal import StateStore
+from qw.statestore import StateStore
 from qw.stats import compute_stats, nearest_rank, render_stats
 from runhelpers import QwRepo
 
