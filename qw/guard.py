@@ -102,13 +102,17 @@ def _proc_table() -> dict:
 def _ps_table() -> dict:
     # Imported here, not at the top: only systems without /proc (macOS, BSD) pay for it.
     import subprocess
-    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,stat="], stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, check=False).stdout
+    ps = subprocess.Popen(["ps", "-A", "-o", "pid=,ppid=,stat="], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL)
+    out = ps.communicate()[0]
     table = {}
     for line in out.decode("ascii", "replace").splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
             table[int(parts[0])] = (int(parts[1]), parts[2][:1])
+    # ps lists itself, as a child of this process: a guard would count it as a stray that
+    # never goes away.
+    table.pop(ps.pid, None)
     return table
 
 
@@ -282,6 +286,12 @@ class Guard:
             self._send("error " + json.dumps([e.errno or errno.EIO, e.strerror or str(e),
                                               e.filename]))
             return
+        except (ValueError, TypeError) as e:
+            # posix_spawn and chdir refuse an env name holding "=", a NUL anywhere, a
+            # string that is not encodable: the request is bad, the guard is fine.
+            self._send("error " + json.dumps([errno.EINVAL, "bad start request: %s" % e,
+                                              None]))
+            return
         finally:
             for fd in fds:  # the child has its own copies now, or will never need them
                 os.close(fd)
@@ -419,8 +429,11 @@ def main(args: "list | None" = None) -> int:
     if len(args) != 2 or args[0] != "--sock" or not args[1].isdigit():
         os.write(2, b"qw-guard: usage: --sock FD\n")
         return 2
-    sock = socket.socket(fileno=int(args[1]))
-    sock.set_inheritable(False)  # the owner passed it down; no child may hold it
+    # The owner's fd number may be above FD_SETSIZE (an owner with over 1024 files open),
+    # which select() refuses: serve a copy at the lowest free number instead.
+    fd = int(args[1])
+    sock = socket.socket(fileno=os.dup(fd))  # dup: close-on-exec, so no child holds it
+    os.close(fd)
     guard = Guard(sock)
     try:
         return guard.serve()

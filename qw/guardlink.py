@@ -2,6 +2,7 @@
 
     link, pid = POOL.start(exe, argv, env, cwd, grace, fds)  # fds: the child's 0, 1, 2
     link.read_reply()     ("note", text)... then ("exited", "0"); (None, "") if the guard died
+    link.kill()           SIGKILL everything under a stuck guard, then the guard
     link.stop(grace)      SIGINT, grace, SIGTERM, grace, SIGKILL to the child's whole tree
     POOL.release(link)    after "exited": the guard waits, idle, for this process's next child
     POOL.discard(link)    EOF to the guard: it stops whatever still runs, then exits
@@ -11,8 +12,10 @@ child: the first start_child in a process starts one, and another only when all 
 (one per child running at once; a worker runs one at a time). A guard that died is replaced.
 The pool belongs to the process that made it: a forked child closes its copies of the
 parent's sockets at once (so the parent's guards still see EOF when the parent dies) and
-starts guards of its own. At interpreter exit every socket is closed and the guards exit;
-if this process dies some other way, the kernel closes them just the same.
+starts guards of its own. At interpreter exit the idle guards' sockets are closed and they
+exit; a busy guard's socket is left for the process's exit to close (a thread may still be
+reading it), and that EOF stops its tree the graceful way. If this process dies some other
+way, the kernel closes them all just the same.
 """
 
 from __future__ import annotations
@@ -22,14 +25,23 @@ import atexit
 import errno
 import json
 import os
+import select
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Optional, Tuple
+
+from qw import guard
 
 MAX_IDLE = 4              # idle guards kept; more were only needed for a burst
 EXIT_WAIT = 1.0           # seconds, all told, the exit handler waits for idle guards to go
+START_REPLY_WAIT = 30.0   # seconds a guard may take to answer a start before it is killed
+KILL_SWEEP = 5.0          # seconds kill() may spend killing what runs under a stuck guard
+# What sendmsg() fails with when the guard is gone; anything else is this side's problem.
+_GONE_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
 # Where the `qw` package lives: a directory, or the .pyz file itself (zipimport reads it).
 _PKGROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -I: no PYTHON* variables or user site; -S: no site at all (its .pth files cost time).
@@ -69,8 +81,11 @@ class GuardLink:
     def start(self, exe: str, argv: list, env: dict, cwd: str, grace: float,
               fds: Tuple[int, int, int]) -> int:
         """Have the guard start `exe` with `fds` as its stdin, stdout and stderr; its pid.
-        OSError as starting it raised it in the guard (FileNotFoundError, ...); GuardLost
-        when the guard was already gone; ConnectionError when it died before replying."""
+        OSError as starting it raised it in the guard (FileNotFoundError, EINVAL for an
+        environment or argv it cannot pass on, ...) or as sending it raised it here (EBADF
+        for a bad fd: the guard stays usable); GuardLost when the guard was already gone;
+        ConnectionError when it died before replying or did not reply within
+        START_REPLY_WAIT seconds (it is killed then)."""
         line = b"start " + json.dumps({"exe": exe, "argv": list(argv), "env": dict(env),
                                        "cwd": cwd, "grace": float(grace)}).encode("ascii")
         line += b"\n"
@@ -82,10 +97,18 @@ class GuardLink:
                 self.idle = False
                 self._sock.sendall(line[sent:])
         except OSError as e:
-            if self.idle:
-                raise GuardLost(e.errno or errno.EPIPE, "qw's guard process is gone") from e
+            if self.idle and e.errno in _GONE_ERRNOS:
+                raise GuardLost(e.errno, "qw's guard process is gone") from e
             raise
-        word, rest = self.read_reply()
+        try:
+            word, rest = self.read_reply(START_REPLY_WAIT)
+        except TimeoutError:
+            # Alive but not answering (stopped, or stuck): it may have started the child.
+            self.kill()
+            raise ConnectionError(
+                errno.ETIMEDOUT, "qw's guard process (pid %d) did not answer a start within"
+                " %.0f s; it was killed with anything it had started" % (self.pid,
+                                                                         START_REPLY_WAIT))
         if word == "started":
             return int(rest)
         if word == "error":
@@ -94,9 +117,13 @@ class GuardLink:
             raise OSError(code, text, filename)  # OSError(ENOENT, ...) is FileNotFoundError
         raise ConnectionError(errno.ECONNRESET, "qw's guard process exited before it replied")
 
-    def read_reply(self) -> Tuple[Optional[str], str]:
-        """The guard's next message as (word, rest); (None, "") once the guard is gone."""
+    def read_reply(self, timeout: Optional[float] = None) -> Tuple[Optional[str], str]:
+        """The guard's next message as (word, rest); (None, "") once the guard is gone.
+        TimeoutError when `timeout` seconds (None: no limit) pass without one."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._inbox:
+            if deadline is not None and not self._readable(deadline):
+                raise TimeoutError(errno.ETIMEDOUT, "no reply from qw's guard process")
             try:
                 data = self._sock.recv(65536)
             except OSError:
@@ -109,6 +136,18 @@ class GuardLink:
         if word == "exited":
             self.idle = True
         return word, rest
+
+    def _readable(self, deadline: float) -> bool:
+        """Wait until the socket has something to read (or EOF), at most until `deadline`.
+        poll(), not select(): this process may hold fds numbered above FD_SETSIZE."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if poller.poll(left * 1000):
+                return True
 
     def stop(self, grace: float) -> None:
         """Ask the guard to stop the current child's tree; a guard that is gone is not an
@@ -123,7 +162,18 @@ class GuardLink:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the guard (it is stuck): its socket reads EOF here at once."""
+        """SIGKILL everything under the guard, then the guard (it is stuck): its socket
+        reads EOF here at once. The tree goes first: while the guard lives, what it took in
+        as a subreaper (background jobs, tool shells in their own sessions) is still found
+        under it; once it is dead, they would belong to init."""
+        deadline = time.monotonic() + KILL_SWEEP
+        while time.monotonic() < deadline:
+            pids = guard.descendants(self.pid)  # again: orphans of the killed come next
+            if not pids:
+                break
+            for pid in pids:
+                guard.kill_quietly(pid, signal.SIGKILL)
+            time.sleep(0.02)  # not our children: nothing to block on until they are gone
         try:
             self.proc.kill()
         except OSError:
@@ -185,14 +235,18 @@ class GuardPool:
         link.close()
 
     def close_all(self) -> None:
-        """Close every guard's socket (at interpreter exit), waiting a little for the idle
-        ones to go so that none is left as a zombie."""
+        """At interpreter exit: close the idle guards' sockets, waiting a little for them
+        to go so that none is left as a zombie. A busy guard's socket stays open until the
+        process exits: a thread may be blocked reading it, and a read failed by the close
+        would mean "the guard died" there, which SIGKILLs the tree at once where the
+        guard's EOF handling would give it SIGINT and its grace first."""
         if self._pid != os.getpid():
             return
         with self._lock:
-            links, idle = self._links, self._idle
-            self._links, self._idle = [], []
-        for link in links:
+            idle = [link for link in self._links if link.idle]
+            self._links = [link for link in self._links if not link.idle]
+            self._idle = []
+        for link in idle:
             link.close()
         for link in idle:
             try:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -159,22 +157,16 @@ class _Batch:
         self.stopped_at: Optional[float] = None
 
     def run(self) -> List[PhaseResult]:
-        from qw.pool import Pool
+        from qw.pool import Pool, stop_signals
 
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        old = self._install_signals(wake_w)
-        pool = Pool(min(len(self.jobs), self.session.config.run.max_concurrent),
-                    extra_fds=(wake_r,))
-        try:
-            pool.start()
-            self._loop(pool, wake_r)
-        finally:
-            pool.shutdown(timeout=GRACE_S * 2 + 5)
-            self._restore_signals(old)
-            wake_r.close()
-            wake_w.close()
+        with stop_signals(self.signals) as wake_r:
+            pool = Pool(min(len(self.jobs), self.session.config.run.max_concurrent),
+                        extra_fds=(wake_r,))
+            try:
+                pool.start()
+                self._loop(pool, wake_r)
+            finally:
+                pool.shutdown(timeout=GRACE_S * 2 + 5)
         return [self.results[name] for name in self.order]
 
     def _loop(self, pool, wake_r) -> None:
@@ -313,26 +305,6 @@ class _Batch:
         self.session.say("stopping: cancelling the workflow's children")
         for worker_id in pool.busy():
             pool.cancel(worker_id, INTERRUPTED)
-
-    def _install_signals(self, wake_w):
-        def handler(signum, frame):
-            self.signals.append(signum)
-
-        old = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, handler)
-            old["wakeup_fd"] = signal.set_wakeup_fd(wake_w.fileno(),
-                                                    warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            pass   # not the main thread (an in-process caller): Ctrl-C stays its own
-        return old
-
-    def _restore_signals(self, old) -> None:
-        if "wakeup_fd" in old:
-            signal.set_wakeup_fd(old.pop("wakeup_fd"))
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
 
 
 def final_text(transcript: str) -> str:

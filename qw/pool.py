@@ -8,10 +8,13 @@ it is replaced, and the attempt it was running is reported as a crash.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import signal
+import socket
 import time
 from multiprocessing.connection import wait as mp_wait
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from qw.worker import AttemptRequest, AttemptResult, Cancel, worker_main
 
@@ -120,3 +123,33 @@ class Pool:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(timeout=5.0)
+
+
+@contextlib.contextmanager
+def stop_signals(received: List[int]) -> Iterator[socket.socket]:
+    """While the block runs, Ctrl-C and SIGTERM are only appended to `received`; the
+    socket yielded becomes readable at each, so that a loop blocked in `Pool.wait` (give
+    it as an extra fd) wakes up to act on them. The old handlers come back afterwards.
+    Outside the main thread (an in-process caller) signals stay as they are."""
+    def handler(signum, frame):
+        received.append(signum)
+
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    old = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        old["wakeup_fd"] = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        pass
+    try:
+        yield wake_r
+    finally:
+        if "wakeup_fd" in old:
+            signal.set_wakeup_fd(old.pop("wakeup_fd"))
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+        wake_r.close()
+        wake_w.close()

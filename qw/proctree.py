@@ -279,7 +279,7 @@ class _GuardedChild(Child):
         # The guard's own worst case: two graces, the SIGKILL wait and its final sweep.
         code = self.wait(2 * grace + GUARD_BOUND)
         if code is None:  # the guard itself is stuck: without it, the tree dies from here
-            self._link.kill()
+            self._link.kill()  # with what the guard took in as a subreaper, first
             code = self.wait(2 * KILL_WAIT)
         return code
 
@@ -298,7 +298,9 @@ class _GuardedChild(Child):
                 self._add_to_tail(rest.encode("utf-8") + b"\n")
             elif word is None:
                 break
-        # The guard died (killed, or failed) while the tree may still run.
+        # The guard died (killed, or failed) while the tree may still run. Or its socket
+        # failed here while it lives: then what it took in as a subreaper dies with it.
+        self._link.kill()
         pids = [self.pid] + tree_pids(self.pid)
         guard.kill_quietly(-self.pid, signal.SIGKILL)  # the child's process group
         for pid in pids:

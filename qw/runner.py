@@ -25,8 +25,6 @@ spec's previous run (killed, say, by SIGKILL) before the next one starts.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sys
 import time
 from typing import Dict, List, Optional, Set, Tuple
@@ -40,7 +38,7 @@ from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, SpecE
 from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
 from qw.outcome import INTERRUPTED, VERIFY_FAILED, Outcome
-from qw.pool import Pool
+from qw.pool import Pool, stop_signals
 from qw.proctree import kill_marked
 from qw.prompt import build_fix_prompt, build_prompt
 from qw.runreport import RunReporter
@@ -134,7 +132,8 @@ class _Run:
         self.sampled_at = float("-inf")            # (monotonic)
         self.waiting_kinds: Dict[str, str] = {}    # task -> the hold kind recorded
         self.kinds_shown: Set[str] = set()         # hold kinds the output has named
-        self.signals: List[int] = []
+        self.signals: List[int] = []               # Ctrl-C/SIGTERM received, not yet acted on
+        self.code: Optional[int] = None            # the run's exit code, once it has one
         self.interrupts = 0
         self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
         self.cancelled: Set[Tuple[str, int]] = set()
@@ -153,10 +152,11 @@ class _Run:
 
     def execute(self) -> int:
         os.makedirs(self.run_dir, exist_ok=True)
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        old_handlers = self._install_signals(wake_w)
+        with stop_signals(self.signals) as wake_r:
+            self._execute(wake_r)
+        return self.code
+
+    def _execute(self, wake_r) -> None:
         try:
             # No more workers than tasks: one beyond that could never be given work, and
             # each is an interpreter to start (DESIGN §8: qw's own cost must vanish). They
@@ -178,7 +178,7 @@ class _Run:
             self._loop(wake_r)
             self._abandon_unreported()
             self._stop_pool()
-            return self._finish()
+            self.code = self._finish()
         finally:
             self._stop_pool()
             if self.owner is not None:
@@ -188,10 +188,7 @@ class _Run:
                     self.debug.exception("events not recorded", error)
                 finally:
                     self.owner.shutdown()
-            self._restore_signals(old_handlers)
             self.debug.close()
-            wake_r.close()
-            wake_w.close()
 
     def _loop(self, wake_r) -> None:
         while True:
@@ -525,28 +522,6 @@ class _Run:
         for tid in self.unticked:
             self._record({"type": "task_done", "task": tid})
         self.unticked = []
-
-    # ----- signals
-
-    def _install_signals(self, wake_w):
-        def handler(signum, frame):
-            self.signals.append(signum)
-
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
-        try:
-            old["wakeup_fd"] = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            pass
-        return old
-
-    def _restore_signals(self, old) -> None:
-        if "wakeup_fd" in old:
-            signal.set_wakeup_fd(old.pop("wakeup_fd"))
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
 
 def _get_probe():
     """qw.probe's backend, or None when none can be had here (then nothing is held)."""

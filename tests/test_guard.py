@@ -187,3 +187,40 @@ def test_process_table_from_ps_agrees_with_proc():
     if not os.path.exists("/usr/bin/ps") and not os.path.exists("/bin/ps"):
         pytest.skip("no ps here")
     assert guard._ps_table()[os.getpid()][0] == guard._proc_table()[os.getpid()][0]
+
+
+def test_a_start_posix_spawn_refuses_is_einval_and_the_guard_serves_on(raw, marker):
+    # An environment name holding "=", a NUL in an argument: posix_spawn raises ValueError.
+    for env, args in ((dict(marker.env, **{"A=B": "1"}), ("lines", "1", "0")),
+                      (marker.env, ("lines", "1\0", "0"))):
+        reply, out = raw.start(env, *args)
+        out.close()
+        assert reply.startswith(b"error "), reply
+        code, text, _filename = json.loads(reply.split(b" ", 1)[1])
+        assert code == 22 and "bad start request" in text  # EINVAL, with the reason
+    reply, out = raw.start(marker.env, "lines", "1", "0")
+    with out:
+        assert reply.startswith(b"started ")
+        assert out.read() == b"line 0\nbye\n"
+    assert raw.reply() == b"exited 0"
+
+
+# ps run by a process that is not a subreaper and has no children: nothing is a stray.
+PS_STRAYS = """
+import os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from qw import guard
+guard.process_table = guard._ps_table  # what a system without /proc (macOS) uses
+ours, theirs = socket.socketpair()
+keeper = guard.Guard(theirs)
+keeper.subreaper = False
+print(guard.descendants(os.getpid(), guard._ps_table()), keeper._strays())
+"""
+
+
+def test_ps_does_not_count_itself_as_a_descendant_or_a_stray():
+    if not os.path.exists("/usr/bin/ps") and not os.path.exists("/bin/ps"):
+        pytest.skip("no ps here")
+    done = subprocess.run([sys.executable, "-c", PS_STRAYS, guardlink._PKGROOT],
+                          stdout=subprocess.PIPE, timeout=BOUND, check=True)
+    assert done.stdout == b"[] []\n"

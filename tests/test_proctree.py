@@ -6,12 +6,14 @@ Every test gets its own QW_RUN_ID marker in the environment of what it starts; a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from qw import guard, proctree
+from qw import guard, guardlink, proctree
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="real process trees are checked through /proc")
@@ -298,6 +300,14 @@ elif mode == "fork":       # its forked child starts a guard of its own, then wa
         os.read(0, 1)
         os._exit(0)
     print("owner", first, flush=True)
+elif mode == "manyfds":    # holds over 1024 fds: its guard's socket is numbered above them
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (
+            1200 if hard == resource.RLIM_INFINITY else min(hard, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    print(run_one(), flush=True)
 """
 
 
@@ -343,6 +353,98 @@ def test_a_forked_child_has_guards_of_its_own(marker):
         owner.wait(BOUND)
         owner.stdin.close()
         owner.stdout.close()
+
+
+def test_an_owner_with_over_1024_fds_open_starts_children(marker):
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the hard RLIMIT_NOFILE here is %d" % hard)
+    owner = start_owner(marker, "manyfds")
+    try:
+        guard_pid = int(read_line_within(owner.stdout, BOUND))
+        assert owner.wait(BOUND) == 0
+        wait_until(lambda: gone(guard_pid), BOUND, "the guard to exit after its owner")
+    finally:
+        owner.kill()
+        owner.wait(BOUND)
+        owner.stdin.close()
+        owner.stdout.close()
+
+
+def idle_guard(marker) -> int:
+    """Run a child to its end; the pid of its guard, now the next one start_child takes."""
+    with start(marker, "lines", "0", "0") as child:
+        assert child.wait(BOUND) == 0
+    return child.guard_pid
+
+
+def test_a_guard_that_does_not_answer_a_start_is_killed(marker, monkeypatch):
+    monkeypatch.setattr(guardlink, "START_REPLY_WAIT", 1.0)
+    stuck = idle_guard(marker)
+    os.kill(stuck, signal.SIGSTOP)
+    outcome = []
+
+    def attempt():
+        try:
+            outcome.append(start(marker, "lines", "1", "0"))
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    if thread.is_alive():
+        os.kill(stuck, signal.SIGKILL)  # lets the blocked start see EOF
+        pytest.fail("start_child still waits for a guard that cannot answer")
+    assert isinstance(outcome[0], ConnectionError), outcome
+    assert "did not answer" in str(outcome[0])
+    wait_until(lambda: gone(stuck), BOUND, "the stuck guard to be killed")
+    with start(marker, "lines", "1", "0") as child:  # another guard serves
+        assert read_all(child) == [b"line 0\n"]
+        assert child.guard_pid != stuck
+
+
+def test_a_stuck_guard_is_killed_with_the_orphans_it_took_in(marker, monkeypatch, tmp_path):
+    monkeypatch.setattr(proctree, "GUARD_BOUND", 0.5)  # how long stop() trusts the guard
+    fifo = tmp_path / "release"
+    os.mkfifo(str(fifo))
+    child = start(marker, "orphans", str(fifo))
+    assert child.read_line(BOUND) == b"ready\n"
+    os.kill(child.guard_pid, signal.SIGSTOP)
+    with open(str(fifo), "wb"):
+        pass  # the child exits: its grandchildren, two in sessions of their own, are orphans
+    wait_until(lambda: guard.process_table()[child.pid][1] == "Z", BOUND,
+               "the child to exit (its stopped guard cannot reap it)")
+    assert len(proctree.tree_pids(child.guard_pid)) >= 3  # all taken in by the guard
+    assert child.stop(grace=0.1) == 128 + signal.SIGKILL
+    wait_until(lambda: not marked_pids(marker.run_id), BOUND,
+               "the stuck guard's orphans to be killed")
+    child.close()
+
+
+def test_a_bad_fd_is_the_error_it_is_and_the_guard_is_kept(marker):
+    kept = idle_guard(marker)
+    bad = 1 << 30  # far above any open fd
+    with pytest.raises(OSError) as raised:
+        guardlink.POOL.start(CHILD[0], CHILD + ["lines", "1", "0"], marker.env, os.getcwd(),
+                             1.0, (bad, bad, bad))
+    assert raised.value.errno == errno.EBADF
+    assert not isinstance(raised.value, ConnectionError)  # not "the guard is gone"
+    with start(marker, "lines", "1", "0") as child:
+        assert read_all(child) == [b"line 0\n"]
+        assert child.guard_pid == kept
+
+
+def test_at_exit_a_busy_guard_is_left_to_stop_its_tree_gracefully(marker, monkeypatch):
+    monkeypatch.setattr(proctree, "GUARD_BOUND", 1.0)  # fail fast if the guard is cut off
+    child = start(marker, "sleep")
+    assert child.read_line(BOUND) == b"ready\n"
+    guardlink.POOL.close_all()  # what the exit handler does; the process lives on here
+    assert child.poll() is None
+    assert child.stop() == 128 + signal.SIGINT  # the guard still hears us: SIGINT first
+    assert "KeyboardInterrupt" in child.stderr_tail()
+    child.close()
 
 
 def test_kill_marked_kills_detached_processes_of_that_task(marker):
