@@ -216,6 +216,11 @@ class GuardPool:
                 raise
         raise AssertionError("unreachable")
 
+    def prestart(self) -> None:
+        """Have an idle guard ready for the next child: its interpreter boots now, while
+        this process waits for work, instead of when the first child is due."""
+        self.release(self._acquire())
+
     def release(self, link: GuardLink) -> None:
         """Keep `link` for the next child if its guard is idle and alive, else discard it."""
         with self._lock:

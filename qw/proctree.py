@@ -183,6 +183,14 @@ def start_child(argv: list, *, env: dict, cwd: str, stdin_data: bytes,
     return _start_posix(exe, list(argv), env, cwd, stdin_data, grace)
 
 
+def prepare() -> None:
+    """Get ready to start children: on POSIX, start this process's first guard now (it
+    takes an interpreter's start); start_child then finds it waiting. OSError if it cannot
+    be started (start_child will say so again)."""
+    if os.name != "nt":
+        guardlink.POOL.prestart()
+
+
 def tree_pids(pid: int) -> list:
     """Pids of the living descendants of `pid`, parents first; [] when unknown."""
     if os.name != "nt":

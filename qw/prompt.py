@@ -125,6 +125,7 @@ def dry_run_report(spec, plan, config, only: Optional[Iterable[str]] = None) -> 
     """What `qw run --dry-run` shows: the batches, and each task's command line and prompt."""
     from qw.agents import agent_of, load_agents
     from qw.claude import build_command
+    from qw.worker import verify_argv
 
     agents = load_agents(spec.paths.repo)
     done = {t.id for t in plan.tasks if t.status == "done"}
@@ -137,9 +138,11 @@ def dry_run_report(spec, plan, config, only: Optional[Iterable[str]] = None) -> 
         task = by_id[tid]
         agent = agent_of(task, agents, spec.paths.tasks)
         prompt = build_prompt(spec, task)
+        verify = verify_argv(task, config.run, spec.paths.tasks)[0]
         tasks.append({"id": tid, "title": task.title, "agent": task.agent,
                       "command": build_command(config.claude, agent=agent,
                                                agents=[agent] if agent else ()),
+                      "verify": list(verify) or None,
                       "prompt": prompt, "prompt_chars": len(prompt)})
     sizes = [t["prompt_chars"] for t in tasks] or [0]
     batches = [[t for t in batch if t in wanted] for batch in plan.batches()]

@@ -138,6 +138,8 @@ def print_dry_run(data: Dict[str, object]) -> None:
         out.write(f"\n===== task {task['id']}: {task['title']} "
                   f"({task['prompt_chars']} chars) =====\n")
         out.write(f"$ {' '.join(shlex.quote(a) for a in task['command'])} < prompt\n")
+        if task.get("verify"):
+            out.write(f"then verify: $ {' '.join(shlex.quote(a) for a in task['verify'])}\n")
         out.write(task["prompt"].rstrip("\n") + "\n")
     sizes = data["prompt_sizes"]
     out.write(f"\nprompt size: median {sizes['median']} chars, max {sizes['max']} chars; "

@@ -6,6 +6,7 @@ each layer that can still be checked: config, then the spec, then its plan and a
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
 from qw.errors import QwError
@@ -55,8 +56,16 @@ def validate_all(repo: str, spec_arg: str,
     except QwError as e:
         problems.append(str(e))
 
+    from qw.worker import verify_argv
+
     where = spec.paths.tasks
+    run = config.run if config else SimpleNamespace(verify="")   # broken config: said above
     for task in spec.tasks:
+        try:
+            verify_argv(task, run, where)
+        except QwError as e:   # a [run] verify that cannot be split: once, not per task
+            if str(e) not in problems:
+                problems.append(str(e))
         if task.agent and task.agent not in agents:
             known = ", ".join(sorted(agents)) or "none defined"
             problems.append(f"task {task.id} names unknown agent '{task.agent}', "

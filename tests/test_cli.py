@@ -384,6 +384,21 @@ def test_validate_lists_every_problem(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_validate_names_a_verify_command_it_cannot_split(tmp_path):
+    repo = make_repo(tmp_path / "repo", {"s": (
+        "- [ ] 1. a\n"
+        "  - _Verify: pytest -k 'unclosed_\n"
+        "- [ ] 2. b\n")})
+    write(repo / "qw.toml", "[run]\nverify = \"sh -c 'also unclosed\"\n")
+    done = qw("validate", "s", cwd=repo)
+    assert done.returncode == 2
+    problems = [line for line in done.stderr.splitlines() if line.startswith("qw: error: ")]
+    assert len(problems) == 2, done.stderr       # [run] verify once, not once per task
+    assert "task 1: cannot split the verify command" in problems[0]
+    assert f"{TASKS_PATH}:1" in problems[0] and "sh -c" in problems[0]
+    assert "[run] verify" in problems[1]
+
+
 def test_validate_reports_a_spec_error_and_a_config_error_together(tmp_path):
     repo = make_repo(tmp_path / "repo", {"s": "- [ ] 1. a\n- [ ] 1. b\n"})
     done = qw("validate", "s", cwd=repo, env=clean_env(QW_RUN_TIMEOUT="never"))
@@ -503,6 +518,18 @@ def test_dry_run_prints_commands_prompts_and_sizes_and_writes_nothing(example_re
                      r"all spec documents together: \d+ chars\n$", out)
     assert snapshot(example_repo) == before
     assert not (example_repo / ".qw").exists()
+
+
+def test_dry_run_shows_the_verify_command_each_task_will_get(example_repo):
+    write(example_repo / "qw.toml", "[run]\nverify = \"python -m pytest -q 'tests dir'\"\n")
+    tasks = example_repo / ".claude" / "specs" / "example" / "tasks.md"
+    text = tasks.read_text()
+    # Task 2 turns it off; the other three get [run] verify.
+    tasks.write_text(text.replace("\n- [ ] 3. ", "\n  - _Verify: none_\n- [ ] 3. ", 1))
+    done = qw("run", "example", "--dry-run", cwd=example_repo)
+    assert done.returncode == 0, done.stderr
+    verifies = [line for line in done.stdout.splitlines() if line.startswith("then verify")]
+    assert verifies == ["then verify: $ python -m pytest -q 'tests dir'"] * 3, done.stdout
 
 
 def test_dry_run_json_and_task_selection(example_repo, monkeypatch, capsys):

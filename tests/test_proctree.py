@@ -300,6 +300,11 @@ elif mode == "fork":       # its forked child starts a guard of its own, then wa
         os.read(0, 1)
         os._exit(0)
     print("owner", first, flush=True)
+elif mode == "prepared":   # a guard started ahead serves the first child
+    from qw import guard
+    proctree.prepare()
+    ahead = guard.descendants(os.getpid())
+    print(ahead, [run_one()], flush=True)
 elif mode == "manyfds":    # holds over 1024 fds: its guard's socket is numbered above them
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -580,3 +585,15 @@ def test_windows_job_limit_structure_has_the_documented_size():
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         pytest.skip("the documented size is for 64-bit")
     assert ctypes.sizeof(proctree.job_limit_struct(ctypes)) == 144
+
+
+def test_a_guard_prepared_ahead_serves_the_first_child(marker):
+    owner = start_owner(marker, "prepared")
+    try:
+        line = read_line_within(owner.stdout, BOUND).decode()
+        assert owner.wait(BOUND) == 0
+    finally:
+        owner.kill()
+        owner.wait()
+    ahead, used = line.split("] [")
+    assert ahead.strip("[ ") and ahead.strip("[ ") == used.strip("]\n "), line
