@@ -94,6 +94,12 @@ def record_tests(repo: str, spec: str, passed: bool, command: Optional[str],
         "tests", {"passed": bool(passed), "command": command, "at": at}))
 
 
+def forget_tests(repo: str, spec: str) -> None:
+    """Forget the testing phase's outcome (the code changed since: the tests must run
+    again). For the workflow, while it holds the spec's lock."""
+    update_state(repo, spec, lambda state: state.pop("tests", None))
+
+
 def record_description(repo: str, spec: str, description: str) -> None:
     """Keep the feature description `qw new` was given: every document phase's prompt
     starts from it, in this run and in later `qw workflow` runs. Under the spec's lock."""
@@ -175,6 +181,22 @@ def with_marker(text: str, by: str, at: str) -> str:
     when = at.replace("T", " ")[:16] + " UTC"
     by = " ".join(by.split()) or "unknown"   # one line, whatever the user name holds
     return f"{text}{newline}## {MARKER} by {by}, {when}{newline}"
+
+
+def without_marker(text: str) -> str:
+    """`text` with every line holding the approval marker removed (and the blank lines
+    that then end it, down to one final newline): what a phase child may see of an approved
+    document, and what may be put in place from a child's draft. Only a person (`qw
+    approve`) or --auto-approve approves a document: a child that copied the marker into
+    its draft must not approve it. A text without the marker comes back unchanged."""
+    if MARKER not in text:
+        return text
+    lines = [line for line in text.splitlines(keepends=True) if MARKER not in line]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\r\n" if "\r\n" in text else "\n"
+    return "".join(lines)
 
 
 def _read_optional(path: str, read_text) -> Optional[str]:

@@ -70,6 +70,9 @@ _GAVE_UP = re.compile(r"\b(?:could ?n[o'’]t|can ?n[o'’]t|cannot|unable to|(?
                       r"able|not able to|need(?:s|ed)? (?:your )?(?:permission|approval)"
                       r"|please (?:grant|approve|allow)|permission (?:was |were )?denied"
                       r"|(?:was|were) denied|blocked)", re.I)
+# What the CLI says when `--resume` names a session it cannot find (stderr, and in newer
+# versions an error_during_execution result; `... session ID or name: ...` in some).
+_NO_SESSION = re.compile(r"no conversation found with session id", re.I)
 _SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 
 
@@ -121,6 +124,12 @@ def classify(state: Any, exit_code: Optional[int], *, stopped: Optional[str] = N
     if stderr_line:
         message += ": " + stderr_line
     return Outcome("crashed", one_line(message), **common)
+
+
+def session_not_found(outcome: Outcome) -> bool:
+    """Whether the attempt failed because the session it was to `--resume` could not be
+    found (deleted, another machine, another folder): resuming it again cannot work."""
+    return outcome.kind == "crashed" and bool(_NO_SESSION.search(outcome.message))
 
 
 def _from_result(result: dict, state: Any, now: float) -> Outcome:

@@ -167,6 +167,8 @@ class _Batch:
                 self._loop(pool, wake_r)
             finally:
                 pool.shutdown(timeout=GRACE_S * 2 + 5)
+        if self.signals:   # came with the last result or during the shutdown: still a stop
+            self.session.interrupted = True
         return [self.results[name] for name in self.order]
 
     def _loop(self, pool, wake_r) -> None:

@@ -13,6 +13,8 @@ duck-typed: anything with max_retries, retry_backoff, timeout_multiplier and max
     max_turns, budget, denied, verify_error    -> fail (a retry would end the same way)
     usage_limit                                -> pause the pool until the reset, or
                                                   exit_paused when that is too far off
+
+`run_exit_code` turns the scheduler's final state into the run's exit code.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from .durations import format_duration
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED
 
 ACTIONS = ("done", "retry", "fail", "stop_run", "pause", "exit_paused")
 
@@ -129,6 +132,22 @@ def _usage_limit(outcome: Any, run: Any, now: float, timeout_s: float) -> Decisi
     return Decision("exit_paused", resume, timeout_s,
                     f"{outcome.message}; the limit resets at {when}, later than max_pause "
                     f"({format_duration(run.max_pause)}) allows: run again after that")
+
+
+def run_exit_code(sched: Any, signalled: bool = False) -> int:
+    """The exit code of a run that ended with scheduler `sched` (duck-typed: interrupted,
+    exit_paused, failed(), skipped(), stop_reason): 130 when it was interrupted, also
+    when `signalled` (a Ctrl-C/SIGTERM came only after its last attempt ended: nothing
+    was left to stop, but whoever sent it must not read success); else 75 when it paused
+    (a usage limit, the budget), 1 when a task failed or was skipped or the run stopped
+    early, 0 when everything asked for is done."""
+    if sched.interrupted or signalled:
+        return EXIT_INTERRUPTED
+    if sched.exit_paused:
+        return EXIT_PAUSED
+    if sched.failed() or sched.skipped() or sched.stop_reason:
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def budget_exhausted(spent: float, budget_usd: float) -> bool:

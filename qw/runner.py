@@ -37,7 +37,8 @@ from qw.debuglog import open_log
 from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, SpecError
 from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
-from qw.outcome import INTERRUPTED, VERIFY_FAILED, Outcome
+from qw.outcome import INTERRUPTED, VERIFY_FAILED, Outcome, session_not_found
+from qw.policy import run_exit_code
 from qw.pool import Pool, stop_signals
 from qw.proctree import kill_marked
 from qw.prompt import build_fix_prompt, build_prompt
@@ -58,11 +59,16 @@ GRACE_S = 5.0            # SIGINT -> SIGTERM -> SIGKILL spacing for a child tree
 # After a second Ctrl-C every process of the run is killed; the workers report within
 # moments. Past this bound the run ends without them (their pipes close, they exit).
 KILLED_REPORT_S = 10.0
+# The summary's `stopped:` line when Ctrl-C/SIGTERM came only after the last attempt ended.
+LATE_INTERRUPT = "interrupted as the run was ending, after its last attempt: nothing " \
+                 "was cancelled"
 
 
 def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
-             json_output: bool = False) -> int:
-    """Run the spec's pending tasks (or `only` those and their unfinished prerequisites)."""
+             json_output: bool = False, lock: Optional[SpecLock] = None) -> int:
+    """Run the spec's pending tasks (or `only` those and their unfinished prerequisites).
+    `lock`: the spec's lock, which the caller holds already (a workflow): then run_spec
+    neither takes nor releases it."""
     qw_dir = os.path.join(repo, ".qw")
     done = {t.id for t in plan.tasks if t.status == "done"}
     targets = plan.closure(only) if only else [t.id for t in plan.tasks]
@@ -91,9 +97,11 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
         verify_argv(by_id[tid], config.run, spec.paths.tasks)   # so is an unclosed quote
     os.makedirs(os.path.join(qw_dir, "locks"), exist_ok=True)
     run_id = new_run_id(time.time())
-    lock = SpecLock(os.path.join(qw_dir, "locks", f"{spec.name}.lock"))
-    lock.acquire({"pid": os.getpid(), "run_id": run_id, "argv": sys.argv,
-                  "spec": spec.name, "qw": __version__})
+    owned = lock is None
+    if owned:
+        lock = SpecLock(os.path.join(qw_dir, "locks", f"{spec.name}.lock"))
+        lock.acquire({"pid": os.getpid(), "run_id": run_id, "argv": sys.argv,
+                      "spec": spec.name, "qw": __version__})
     try:
         wait_for_stale_owner(qw_dir, spec.name)
         remove_stale_temps(spec.paths.tasks)   # a killed run's half-written tasks.md
@@ -103,7 +111,8 @@ def run_spec(repo: str, spec, plan, config, only: Optional[List[str]] = None,
         return _Run(repo, qw_dir, run_id, spec, plan, config, targets, done, agents,
                     reporter).execute()
     finally:
-        lock.release()
+        if owned:
+            lock.release()
 
 
 class _Run:
@@ -138,8 +147,9 @@ class _Run:
         self.killed_at: Optional[float] = None     # monotonic time of the second Ctrl-C
         self.cancelled: Set[Tuple[str, int]] = set()
         self.launches: Dict[str, int] = {}         # attempts started per task, this run
-        # task -> (session id, verify command, its exit code, its output's tail) of an
-        # attempt whose verify failed: the next attempt resumes that session to fix it.
+        # task -> (session id, verify command, its exit code, its output's tail) of the
+        # task's last attempt whose verify failed: the attempts after it resume that
+        # session (None: start a new one) to fix it, until one passes or the task fails.
         self.fixes: Dict[str, Tuple[Optional[str], str, Optional[int], str]] = {}
         self.owner = None
         self.pool: Optional[Pool] = None
@@ -154,6 +164,12 @@ class _Run:
         os.makedirs(self.run_dir, exist_ok=True)
         with stop_signals(self.signals) as wake_r:
             self._execute(wake_r)
+        # A Ctrl-C/SIGTERM after _finish looked, up to the moment the handlers the run
+        # started with came back: every task had ended, so nothing is undone, but whoever
+        # pressed it is told the run was interrupted.
+        if self.signals and self.code not in (None, EXIT_INTERRUPTED):
+            self.code = EXIT_INTERRUPTED
+            self.reporter.note(f"stopped: {LATE_INTERRUPT}")
         return self.code
 
     def _execute(self, wake_r) -> None:
@@ -318,7 +334,7 @@ class _Run:
 
     def _request(self, task, attempt: int, timeout_s: float, launch: int) -> AttemptRequest:
         agent = agent_of(task, self.agents, self.spec.paths.tasks)
-        fix = self.fixes.pop(task.id, None)   # the last attempt's verify failed
+        fix = self.fixes.get(task.id)   # an earlier attempt's verify failed, still unfixed
         session = fix[0] if fix else None
         argv = build_command(self.config.claude, agent=agent,
                              agents=[agent] if agent else (), resume_session=session)
@@ -372,11 +388,8 @@ class _Run:
                       **({"changed_nothing": True} if result.changed_nothing else {})})
         settled = self.sched.settle(tid, outcome, time.time(), result.peak_rss_mb)
         decision = settled.decision
-        if outcome.kind == VERIFY_FAILED and decision.action == "retry":
-            command = verify_argv(self.by_id[tid], self.config.run, self.spec.paths.tasks)[1]
-            self.fixes[tid] = (outcome.session_id, command, result.verify_exit_code,
-                               result.verify_tail)
         state = self.sched.state[tid]
+        self._update_fix(result, state)
         # tasks.md is written for every result of a loop pass at once (_write_marks), and
         # task_done journaled after it.
         self.marks.changed(tid, MARK_DONE if state == DONE else OPEN)
@@ -402,6 +415,21 @@ class _Run:
                           "reason": f"needs {tid}, which failed"})
         self.reporter.attempt_ended(result, settled, self.sched)
 
+    def _update_fix(self, result: AttemptResult, state: str) -> None:
+        """Keep the task's fix context (self.fixes) until it is resolved: a new verify
+        failure replaces it, the end of the task (done, failed) drops it, and a retry that
+        ended another way (rate limit, crash, timeout, pause, Ctrl-C) leaves it for the
+        next attempt, which starts a new session with it when the old one is gone."""
+        tid, outcome = result.task_id, result.outcome
+        if state != PENDING:
+            self.fixes.pop(tid, None)
+        elif outcome.kind == VERIFY_FAILED:
+            command = verify_argv(self.by_id[tid], self.config.run, self.spec.paths.tasks)[1]
+            self.fixes[tid] = (outcome.session_id, command, result.verify_exit_code,
+                               result.verify_tail)
+        elif tid in self.fixes and session_not_found(outcome):
+            self.fixes[tid] = (None,) + self.fixes[tid][1:]
+
     def _abandon_unreported(self) -> None:
         """Attempts whose workers never reported after the run's processes were killed:
         they end as interrupted, so the next run starts them again."""
@@ -424,22 +452,20 @@ class _Run:
 
     def _finish(self) -> int:
         sched = self.sched
-        if sched.interrupted:
-            code = EXIT_INTERRUPTED
-        elif sched.exit_paused:
-            code = EXIT_PAUSED
-        elif sched.failed() or sched.skipped() or sched.stop_reason:
-            code = EXIT_FAILED
-        else:
-            code = EXIT_OK
+        # A Ctrl-C/SIGTERM that came after the loop last looked (with the last result, or
+        # while the pool stopped): nothing was left to cancel, and what finished stays
+        # finished, but the run ends as interrupted.
+        late = bool(self.signals) and not sched.interrupted
+        code = run_exit_code(sched, signalled=late)
+        reason = sched.stop_reason or (LATE_INTERRUPT if late else None)
         self._sync_marks()
         self._record_waiting({}, set())   # nothing waits once the run is over
         self._record({"type": "run_ended", "status": _status_word(code), "exit_code": code,
-                      "reason": sched.stop_reason})
+                      "reason": reason})
         self._flush()
         self._write_report()
         view = dict(self.owner.proxy.view(), live=False)   # the run has ended
-        self.reporter.finished(view, code, sched.stop_reason)
+        self.reporter.finished(view, code, reason)
         return code
 
     # ----- state and files

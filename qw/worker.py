@@ -22,11 +22,12 @@ After a child that succeeded, the same attempt goes on here (issue 8):
   stopped like the child's), in the repository with the child's environment and no input,
   its output (stdout and stderr together) saved next to the transcript. A non-zero exit or
   a run past its timeout turns the attempt into `verify_failed`; a command that cannot be
-  started, into `verify_error`.
+  started (not found, or not executable: a script without a #! line), into `verify_error`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import signal
@@ -118,17 +119,29 @@ GIT_STATUS_TIMEOUT_S = 30.0
 # Runs the verify command with its stderr merged into its stdout (one pipe: the log holds
 # both in the order they were written), then becomes it (POSIX) or waits for it (Windows,
 # whose exec starts a new process and loses the exit code). -I -S: nothing of the user's
-# site-packages or PYTHON* variables, and a faster start.
+# site-packages or PYTHON* variables, and a faster start. When the command cannot be
+# executed (a script without a #! line, a missing interpreter), the shim says so in one
+# line starting with EXEC_FAILED_MARK (errno, then its text) instead of running anything:
+# an exit code alone could not tell that from a check that failed.
+EXEC_FAILED_MARK = b"\0qw-exec-failed "
 _MERGE_POSIX = ("import os, sys\n"
                 "os.dup2(1, 2)\n"
                 "try:\n"
                 "    os.execv(sys.argv[1], sys.argv[2:])\n"
                 "except OSError as e:\n"
-                "    sys.stderr.write('cannot start %s: %s\\n' % (sys.argv[2], e.strerror))\n"
+                "    os.write(1, b'\\0qw-exec-failed %d %s\\n'\n"
+                "             % (e.errno or 0, (e.strerror or str(e)).encode()))\n"
                 "    os._exit(126)\n")
 _MERGE_WINDOWS = ("import subprocess, sys\n"
-                  "sys.exit(subprocess.call(sys.argv[2:], executable=sys.argv[1], "
-                  "stderr=subprocess.STDOUT))\n")
+                  "try:\n"
+                  "    code = subprocess.call(sys.argv[2:], executable=sys.argv[1], "
+                  "stderr=subprocess.STDOUT)\n"
+                  "except OSError as e:\n"
+                  "    sys.stdout.buffer.write(b'\\0qw-exec-failed %d %s\\n'\n"
+                  "                            % (e.errno or 0, (e.strerror or str(e)).encode()))\n"
+                  "    sys.stdout.flush()\n"
+                  "    code = 126\n"
+                  "sys.exit(code)\n")
 
 
 def worker_main(worker_id: int, conn) -> None:
@@ -308,6 +321,7 @@ def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
                            f"be started: {name}: {why}"), None, ""
         cancel_reason = None
         timed_out = False
+        exec_failed = None   # (errno, its text): the shim could not execute the command
         try:
             deadline = started + req.verify_timeout_s
             while True:
@@ -323,6 +337,9 @@ def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
                     continue
                 if line == b"":
                     break
+                if line.startswith(EXEC_FAILED_MARK) and exec_failed is None:
+                    exec_failed = _exec_failure(line)
+                    continue
                 log.write(line)
                 log.flush()   # `qw logs --follow` shows it as it comes
                 tail.add(line)
@@ -338,6 +355,11 @@ def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
         if cancel_reason:
             log.write(b"\n[stopped: the run is stopping]\n")
             return replace(ok, kind=INTERRUPTED, message=cancel_reason, note=""), None, text
+        if exec_failed is not None:
+            why = exec_failed[1] + _EXEC_HINTS.get(exec_failed[0], "")
+            log.write(f"qw: cannot start {name}: {why}\n".encode("utf-8"))
+            return replace(ok, kind=VERIFY_ERROR, note="", message=f"verify `{shown}` could "
+                           f"not be started: {name}: {why}"), None, ""
         if timed_out:
             limit = duration_text(req.verify_timeout_s)
             log.write(f"\n[stopped: still running after {limit}]\n".encode("utf-8"))
@@ -351,6 +373,23 @@ def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
     return replace(ok, kind=VERIFY_FAILED, note="", message=(
         f"verify `{shown}` failed (exit {exit_code}): {one_line(last, 200)}")), \
         exit_code, text
+
+
+# What an exec failure most often means, after its errno text.
+_EXEC_HINTS = {errno.ENOEXEC: " (a script needs a #! line naming its interpreter)",
+               errno.EACCES: " (check its permissions, and those of its #! interpreter)",
+               errno.ENOENT: " (its #! line names an interpreter that does not exist?)"}
+
+
+def _exec_failure(line: bytes) -> Tuple[int, str]:
+    """(errno, its text) from the shim's EXEC_FAILED_MARK line."""
+    number, _, text = line[len(EXEC_FAILED_MARK):].decode("utf-8", "replace").strip() \
+        .partition(" ")
+    try:
+        code = int(number)
+    except ValueError:
+        code = 0
+    return code, text or os.strerror(code)
 
 
 def _merged_output(exe: str, argv: Tuple[str, ...]) -> List[str]:

@@ -16,7 +16,9 @@ Each document phase is one claude child (qw.phaserun), whose document is validat
 problems listed, at most [run] max_retries more times. The design phase first asks the
 analyst agents of `.claude/agents/` (an architect, a security reviewer), in parallel, for
 notes, and gives them to the design's author. The workflow holds the spec's lock throughout,
-except while `qw run` (which takes it itself) runs the tasks.
+`qw run`'s tasks included; tasks that ran make the tests and the review run again. No
+phase child is shown an approval marker, and none a child writes is put in place: only a
+person (or --auto-approve) approves.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import re
 import shlex
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from qw.errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, ConfigError,
                        StateError, UsageError)
@@ -42,6 +44,7 @@ MAX_STEPS = 32
 TEST_OUTPUT_LINES = 20     # of a failed test command's output, shown on the terminal
 _SPEC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERDICT = re.compile(r"^\W*verdict\W*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+EXITED, TIMED_OUT, INTERRUPTED = "exited", "timed out", "interrupted"   # a test command
 
 Say = Callable[[str], None]
 
@@ -73,9 +76,16 @@ def new_spec(repo: str, name: str, description: str, config, say: Say,
 def advance_spec(repo: str, name: str, config, say: Say, auto_approve: bool = False) -> int:
     """`qw workflow`: carry the spec from its phase on to the next gate, or with
     auto-approve to the end. The exit code (DESIGN §4)."""
-    from qw.specdir import resolve_spec
+    from qw.specdir import SPECS_DIR, resolve_spec
 
     paths = resolve_spec(repo, name)
+    # The workflow's state, drafts and lock are named after the spec and its documents
+    # live in .claude/specs/<name>/: a folder elsewhere would be read here, written there.
+    if os.path.realpath(paths.dir) != os.path.realpath(os.path.join(repo, SPECS_DIR,
+                                                                    paths.name)):
+        raise UsageError(f"{name} is not a spec under {SPECS_DIR}/", "qw workflow",
+                         f"the workflow carries on the specs of {SPECS_DIR}/: move it there "
+                         "and give its name")
     return Workflow(repo, paths.name, config, say, auto_approve).advance()
 
 
@@ -92,12 +102,22 @@ class Workflow:
         self.lock = SpecLock(os.path.join(repo, ".qw", "locks", f"{spec}.lock"))
         self._session = None
         self.written: List[str] = []     # document phases written by this command
+        self.signals: List[int] = []     # Ctrl-C / SIGTERM received outside a pool's run
 
     # ----- the loop
 
     def advance(self, description: Optional[str] = None,
                 stop_before: Optional[str] = None) -> int:
-        """Move the spec on until a gate, `stop_before`, completion or a failure."""
+        """Move the spec on until a gate, `stop_before`, completion or a failure. Ctrl-C
+        or SIGTERM stops it at the next step (a test command is stopped): exit 130."""
+        from qw.pool import stop_signals
+
+        # Recorded, not raised: each step ends cleanly (its children stopped, the lock
+        # released), and no next step starts.
+        with stop_signals(self.signals):
+            return self._advance(description, stop_before)
+
+    def _advance(self, description: Optional[str], stop_before: Optional[str]) -> int:
         from qw.approve import read_facts, record_description
 
         self.lock.acquire({"command": f"qw {self.command} {self.spec}", "spec": self.spec})
@@ -105,6 +125,9 @@ class Workflow:
             if description is not None:
                 record_description(self.repo, self.spec, description)
             for _ in range(MAX_STEPS):
+                if self.signals or (self._session is not None and self._session.interrupted):
+                    self.say(f"interrupted; `qw workflow {self.spec}` carries on from here")
+                    return EXIT_INTERRUPTED
                 position = where(read_facts(self.repo, self.spec))
                 phase = position.phase
                 if phase == STEERING:
@@ -181,7 +204,7 @@ class Workflow:
         path, draft = self._spec_file(name), self._draft(phase)
         documents = self._documents(phase)
         problems = self._problems(phase, path) if os.path.lexists(path) else None
-        current = self._read(path) if problems else None
+        current = self._read_document(path) if problems else None
         if problems:
             self.say(f"{phase}: {name} does not validate: asking for it again")
         elif phase == DESIGN:
@@ -211,7 +234,7 @@ class Workflow:
                 self.written.append(phase)
                 self.say(f"{phase}: {name} written and valid")
                 return EXIT_OK
-            current = self._read(draft)
+            current = self._read_document(draft)
             self.say(f"{phase}: {name} has {len(problems)} problem(s)"
                      + ("; asking again with them listed" if round_ < rounds else ""))
         for problem in problems or ():
@@ -255,7 +278,8 @@ class Workflow:
         self.session.event("phase_ended", phase="analysis",
                            status={r.name: r.kind for r in results})
         if self.session.interrupted or self.session.paused:
-            return self._failed("analysis", next(r for r in results if not r.ok))
+            return self._failed("analysis", next((r for r in results if not r.ok),
+                                                 results[0]))
         for result in results:
             if result.ok and result.text.strip():
                 notes = os.path.join(self.session.run_dir, f"{result.name}.notes.md")
@@ -269,24 +293,25 @@ class Workflow:
     # ----- implementation, testing, review
 
     def _implement(self) -> int:
-        """`qw run` the spec's tasks (which takes the spec's lock itself)."""
+        """`qw run` the spec's tasks, under the workflow's own lock. Tasks that ran make
+        the recorded test result and review stale: both are done again."""
         from qw.approve import read_facts
         from qw.journal import newest_run_of
         from qw.plan import build_plan
         from qw.runner import run_spec
+        from qw.runstart import parked_tasks
         from qw.specdir import load_spec, resolve_spec
 
         self.session.event("phase_started", phase=IMPLEMENTATION)
         spec = load_spec(resolve_spec(self.repo, self.spec))
         plan = build_plan(spec.tasks, dependencies=self.config.plan.dependencies,
                           undeclared=self.config.plan.undeclared)
+        pending = {t.id for t in plan.tasks if t.status != "done"}
+        runs = pending - set(parked_tasks(plan, pending, asked=set()))
         self.say(f"implementation: qw run {self.spec}")
-        self.lock.release()
-        try:
-            code = run_spec(self.repo, spec, plan, self.config)
-        finally:
-            self.lock.acquire({"command": f"qw {self.command} {self.spec}",
-                               "spec": self.spec})
+        code = run_spec(self.repo, spec, plan, self.config, lock=self.lock)
+        if runs:
+            self._forget_tests_and_review()
         status = {EXIT_OK: "ok", EXIT_PAUSED: "paused", EXIT_INTERRUPTED: "interrupted"}
         self.session.event("phase_ended", phase=IMPLEMENTATION,
                            status=status.get(code, "failed"), exit_code=code,
@@ -299,11 +324,29 @@ class Workflow:
             return EXIT_FAILED
         return EXIT_OK
 
+    def _forget_tests_and_review(self) -> None:
+        """The code changed: the last test result no longer holds and the review is of
+        older code, so neither counts (the review is kept in the run folder)."""
+        from qw.approve import forget_tests, read_state
+
+        review = self._spec_file(REVIEW_FILE)
+        had_review = os.path.isfile(review)
+        if had_review:
+            kept = os.path.join(self.session.run_dir, "review.previous.md")
+            os.replace(review, kept)
+            self.say(f"implementation: tasks ran, so the tests and the review run again "
+                     f"(the previous review: {self._rel(kept)})")
+        if "tests" in read_state(self.repo, self.spec):
+            forget_tests(self.repo, self.spec)
+            if not had_review:
+                self.say("implementation: tasks ran, so the tests run again")
+
     def _test(self) -> int:
         """The tester agent (when `.claude/agents/tester.md` exists), then the
         `[workflow] test_command`; the outcome is recorded either way."""
         from qw.agents import load_agents
         from qw.approve import description_of, record_tests
+        from qw.durations import format_duration
         from qw.phaserun import PhaseJob
 
         tester = load_agents(self.repo).get(TESTER)
@@ -312,7 +355,7 @@ class Workflow:
                                   or "", self._documents(TESTING))
             self.say(f"testing: the {TESTER} agent writes the missing tests")
             result = self._run_one(PhaseJob(TESTER, prompt, agent=tester))
-            if not result.ok:
+            if not result.ok or self.session.interrupted:
                 return self._failed(TESTING, result)
         command = self.config.workflow.test_command.strip()
         if not command:
@@ -321,28 +364,38 @@ class Workflow:
             self.say("testing: no [workflow] test_command is set, so there is nothing to "
                      "run; counted as passed (set one in qw.toml to run the tests)")
             return EXIT_OK
-        code, log = self._run_test_command(command)
-        record_tests(self.repo, self.spec, code == 0, command)
-        self.session.event("phase_ended", phase=TESTING, status="ok" if code == 0 else
-                           "failed", exit_code=code, log=os.path.basename(log))
-        if code == 0:
+        ended, code, log = self._run_test_command(command)
+        if ended == INTERRUPTED:
+            self.session.event("phase_ended", phase=TESTING, status="interrupted",
+                               exit_code=code, log=os.path.basename(log))
+            self.say(f"testing: interrupted; `qw workflow {self.spec}` runs the tests again")
+            return EXIT_INTERRUPTED
+        passed = ended == EXITED and code == 0
+        record_tests(self.repo, self.spec, passed, command)
+        self.session.event("phase_ended", phase=TESTING, status="ok" if passed else
+                           "timeout" if ended == TIMED_OUT else "failed", exit_code=code,
+                           log=os.path.basename(log))
+        if passed:
             self.say(f"testing: `{command}` passed (output in {self._rel(log)})")
             return EXIT_OK
-        if self.session.interrupted:
-            return EXIT_INTERRUPTED
-        self.say(f"testing: `{command}` failed with exit code {code}; the end of its output "
-                 f"({self._rel(log)}):")
+        how = (f"was stopped after [run] timeout ({format_duration(self.config.run.timeout)})"
+               if ended == TIMED_OUT else f"failed with exit code {code}")
+        self.say(f"testing: `{command}` {how}; the end of its output ({self._rel(log)}):")
         for line in (self._read(log) or "").splitlines()[-TEST_OUTPUT_LINES:]:
             self.say(f"  {line}")
         self.say(f"fix the code (or the tests), then `qw workflow {self.spec}` runs them again")
         return EXIT_FAILED
 
-    def _run_test_command(self, command: str):
-        """Run the test command under supervision; (exit code, its output file)."""
+    def _run_test_command(self, command: str) -> Tuple[str, Optional[int], str]:
+        """Run the test command under supervision until it exits, [run] timeout passes or
+        Ctrl-C/SIGTERM comes (then its tree is stopped, gracefully first): how it ended
+        (EXITED, TIMED_OUT, INTERRUPTED), its exit code and its output file. Only EXITED
+        with code 0 is a pass: a command stopped at its timeout may well exit 0 on SIGINT."""
         from qw.proctree import start_child
+        from qw.worker import split_command
 
         try:
-            argv = shlex.split(command, posix=os.name != "nt")
+            argv = split_command(command)
         except ValueError as error:
             raise ConfigError(f"cannot split the test command ({error})",
                               "[workflow] test_command", "quote it as a shell would") from None
@@ -363,38 +416,41 @@ class Workflow:
                               f"({error.strerror or error})", "[workflow] test_command",
                               "give a command that exists on PATH") from None
         deadline = time.monotonic() + self.config.run.timeout
-        code = None
+        ended, code, output_done = EXITED, None, False
         try:
             with open(log, "wb") as output:
-                while True:
-                    line = child.read_line(min(1.0, max(0.0, deadline - time.monotonic())))
-                    if line == b"":
-                        break
-                    if line is not None:
-                        output.write(line)
-                        output.flush()
-                    elif time.monotonic() >= deadline:
-                        output.write(b"\n[qw: stopped after [run] timeout]\n")
+                while code is None:
+                    # Every pass, not only when the output pauses: a hung test can keep
+                    # printing forever.
+                    left = deadline - time.monotonic()
+                    if self.signals or left <= 0:
+                        ended = INTERRUPTED if self.signals else TIMED_OUT
+                        session.interrupted = session.interrupted or ended == INTERRUPTED
+                        output.write(b"\n[qw: interrupted]\n" if ended == INTERRUPTED
+                                     else b"\n[qw: stopped after [run] timeout]\n")
                         code = child.stop()
                         break
-                if code is None:
-                    code = child.wait(self.config.run.timeout)
+                    if output_done:
+                        code = child.wait(min(1.0, left))
+                        continue
+                    line = child.read_line(min(1.0, left))
+                    if line == b"":
+                        output_done = True
+                    elif line is not None:
+                        output.write(line)
+                        output.flush()
                 tail = child.stderr_tail()
                 if tail:
                     output.write(b"\n--- stderr ---\n" + tail.encode("utf-8", "replace"))
-        except KeyboardInterrupt:
-            session.interrupted = True
-            child.stop()
-            raise
         finally:
             child.close()
-        return (code if code is not None else EXIT_FAILED), log
+        return ended, code, log
 
     def _review(self) -> int:
         """The reviewer (`.claude/agents/reviewer.md`, else the built-in review prompt)
         writes review.md."""
         from qw.agents import load_agents
-        from qw.approve import description_of
+        from qw.approve import description_of, without_marker
         from qw.journal import atomic_write
         from qw.phaserun import PhaseJob
 
@@ -413,7 +469,7 @@ class Workflow:
             self._put_in_place(draft, path)
         elif result.text.strip():
             # It answered with the review instead of writing it: keep the answer.
-            atomic_write(path, (result.text.strip() + "\n").encode("utf-8"))
+            atomic_write(path, without_marker(result.text.strip() + "\n").encode("utf-8"))
         text = self._read(path)
         self.session.event("phase_ended", phase=REVIEW, status="ok" if text else "missing",
                            cost_usd=result.cost_usd)
@@ -455,11 +511,12 @@ class Workflow:
         except OSError:
             names = []
         for name in names:
-            documents[f"steering/{name}"] = self._read(os.path.join(steering, name)) or ""
+            documents[f"steering/{name}"] = \
+                self._read_document(os.path.join(steering, name)) or ""
         earlier = DOCUMENT_PHASES if phase not in DOCUMENT_PHASES else \
             DOCUMENT_PHASES[:DOCUMENT_PHASES.index(phase)]
         for document in earlier:
-            text = self._read(self._spec_file(DOCUMENT_FILES[document]))
+            text = self._read_document(self._spec_file(DOCUMENT_FILES[document]))
             if text is not None:
                 documents[DOCUMENT_FILES[document]] = text
         return documents
@@ -468,11 +525,17 @@ class Workflow:
         return os.path.join(self.repo, *draft_path(self.spec, phase).split("/"))
 
     def _put_in_place(self, draft: str, path: str) -> None:
-        """The validated draft becomes the document (atomically), and the draft goes."""
+        """The validated draft becomes the document (atomically), and the draft goes. A
+        draft never carries an approval: an approval marker it holds is dropped."""
+        from qw.approve import MARKER, without_marker
         from qw.journal import atomic_write
 
         with open(draft, "rb") as handle:
-            atomic_write(path, handle.read())
+            data = handle.read()
+        if MARKER.encode("utf-8") in data:
+            data = without_marker(data.decode("utf-8", "surrogateescape")).encode(
+                "utf-8", "surrogateescape")
+        atomic_write(path, data)
         self._remove(draft)
 
     def _clear(self, draft: str) -> None:
@@ -495,6 +558,15 @@ class Workflow:
             return os.path.relpath(path, self.repo)
         except ValueError:   # another drive (Windows)
             return path
+
+    @classmethod
+    def _read_document(cls, path: str) -> Optional[str]:
+        """A document as a child may see it: without an approval marker, which a child
+        could otherwise copy into its own draft."""
+        from qw.approve import without_marker
+
+        text = cls._read(path)
+        return None if text is None else without_marker(text)
 
     @staticmethod
     def _read(path: str) -> Optional[str]:

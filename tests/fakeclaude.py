@@ -266,6 +266,9 @@ def main():
 #                                (outcome "signal NAME") before it ends the process as it
 #                                would have: a killed attempt's end is in the log too
 #
+#     FAKE: forget-session       delete this session's saved prompts: a later `--resume`
+#                                of it fails like the CLI's ("No conversation found")
+#
 # Each takes the directive's words and returns None to go on, or an exit code.
 
 
@@ -280,7 +283,16 @@ def _log_signals(args):
     return None
 
 
-EXTRA_DIRECTIVES = {"log-signals": _log_signals}
+def _forget_session(args):
+    state = os.environ.get("FAKE_CLAUDE_STATE")
+    if state:
+        path = os.path.join(state, "session-%s.txt" % SESSION["id"])
+        if os.path.exists(path):
+            os.remove(path)
+    return None
+
+
+EXTRA_DIRECTIVES = {"log-signals": _log_signals, "forget-session": _forget_session}
 
 
 if __name__ == "__main__":

@@ -314,6 +314,8 @@ class QwRepo:
     def journal(self, run_id: Optional[str] = None) -> List[dict]:
         run_id = run_id or self.runs()[-1]
         path = self.root / ".qw" / "runs" / run_id / "events.jsonl"
+        if not path.exists():   # killed after making its folder, before journaling a line
+            return []
         text = path.read_text()
         whole = text[:text.rfind("\n") + 1]   # a line being appended now is not whole yet
         events = [json.loads(line) for line in whole.splitlines() if line.strip()]

@@ -232,3 +232,14 @@ def test_read_facts_survives_unreadable_documents_and_a_damaged_state(tmp_path):
 def test_read_facts_with_auto_approve(tmp_path):
     make_spec(tmp_path, requirements=REQUIREMENTS_MD)
     assert where(read_facts(str(tmp_path), "demo", auto_approve=True)).phase == DESIGN
+
+
+def test_without_marker_gives_back_the_document_before_its_approval():
+    from qw.approve import without_marker
+    for text in ("# A\n\nx\n", "# A\r\n\r\nx\r\n", "# A\n\nx"):
+        approved = with_marker(text, "ann", "2026-01-02T03:04:05Z")
+        assert MARKER not in without_marker(approved)
+        assert without_marker(approved) == (text if text.endswith("\n") else text + "\n")
+    copied = f"# A\n\n## {MARKER} by a child\nstill here\n"
+    assert without_marker(copied) == "# A\n\nstill here\n"
+    assert without_marker("# A\n\nno marker\n\n") == "# A\n\nno marker\n\n"   # untouched

@@ -16,12 +16,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from qw.claude import build_command
+from qw.claude import StreamState, build_command
 from qw.config import default_config
 from qw.errors import ConfigError, SpecError
-from qw.outcome import VERIFY_ERROR, VERIFY_FAILED, Outcome
-from qw.policy import decide
+from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from qw.outcome import VERIFY_ERROR, VERIFY_FAILED, Outcome, classify, session_not_found
+from qw.plan import build_plan
+from qw.policy import decide, run_exit_code
 from qw.prompt import build_fix_prompt, build_prompt
+from qw.scheduler import Scheduler
 from qw.specdir import load_spec, resolve_spec
 from qw.tasks import parse_tasks
 from qw.worker import change_pathspecs, tree_fingerprint, verify_argv
@@ -55,6 +58,50 @@ def test_a_verify_that_cannot_start_is_not_retried():
     decision = decide(cannot, 1, RUN, now=0.0, rng=random.Random(1), timeout_s=60.0)
     assert decision.action == "fail"
     assert "[run] verify" in decision.reason and "sh -c" in decision.reason
+
+
+def _classified(*lines, exit_code=1, stderr=""):
+    state = StreamState()
+    for line in lines:
+        state.feed(line)
+    return classify(state, exit_code, stderr_tail=stderr, now=0.0)
+
+
+def test_a_session_that_cannot_be_resumed_is_recognised_in_both_forms_of_the_cli():
+    gone = "No conversation found with session ID: 35814092-99b2-4a66"
+    # Older CLIs: stderr only. Newer ones: an error_during_execution result as well,
+    # without a `result` field, and "session ID or name" in some.
+    only_stderr = _classified(stderr=gone + "\n")
+    with_result = _classified(
+        '{"type":"result","subtype":"error_during_execution","is_error":true,"num_turns":0,'
+        '"session_id":"35814092-99b2-4a66","total_cost_usd":0,'
+        '"errors":["No conversation found with session ID or name: 35814092-99b2-4a66"]}',
+        stderr=gone)
+    for outcome in (only_stderr, with_result):
+        assert outcome.kind == "crashed" and session_not_found(outcome), outcome
+    other = _classified(stderr="fake crash: something broke")
+    assert other.kind == "crashed" and not session_not_found(other)
+    assert not session_not_found(Outcome("ok", "No conversation found with session ID: x"))
+
+
+def test_an_interrupt_that_came_after_the_last_attempt_still_exits_130():
+    plan = build_plan(parse_tasks("- [ ] 1. A\n- [ ] 2. B\n"))
+    sched = Scheduler(plan, ["1", "2"], (), SimpleNamespace(
+        max_retries=0, retry_backoff=1.0, timeout=60.0, timeout_multiplier=2.0,
+        max_pause=0.0, budget_usd=0.0), rng=random.Random(1))
+    for tid in ("1", "2"):   # 2 needs 1
+        assert [d.task_id for d in sched.dispatch(1.0, free_workers=2)] == [tid]
+        sched.settle(tid, Outcome("ok", "done", num_turns=2), 1.0)
+    assert sched.finished() and not sched.interrupted
+    assert run_exit_code(sched) == EXIT_OK
+    # The Ctrl-C landed with the last result, or while the pool stopped: the work stays
+    # done, the exit code says the user interrupted.
+    assert run_exit_code(sched, signalled=True) == EXIT_INTERRUPTED
+    failed = Scheduler(plan, ["1"], (), sched.run, rng=random.Random(1))
+    failed.dispatch(0.0, free_workers=1)
+    failed.settle("1", Outcome("crashed", "boom"), 1.0)
+    assert run_exit_code(failed) == EXIT_FAILED
+    assert run_exit_code(failed, signalled=True) == EXIT_INTERRUPTED
 
 
 def test_build_command_resumes_a_session():
@@ -359,3 +406,75 @@ def test_changed_nothing_in_the_whole_tree_and_not_outside_git(repo):
     ended = [e for e in repo.journal(second) if e["type"] == "attempt_ended"]
     assert "changed_nothing" not in ended[0]
     assert "changed nothing" not in done.out
+
+
+def test_a_retry_that_failed_otherwise_still_resumes_the_session_to_fix_it(repo):
+    # Attempt 2 resumes the failed verify's session, and is turned away (529): attempt 3
+    # resumes the same session, with the same failure to fix.
+    repo.write_tasks(f"""
+- [ ] 1. Fixed on the third try
+  - FAKE: log-prompt
+  - FAKE@2: error 529
+  - FAKE@3: write fixed.txt yes
+  - _Verify: {CHECK_FIXED}_
+""")
+    done = repo.run("run", "s")
+    assert done.code == 0, done
+    assert [e["outcome"] for e in attempts_ended(repo, "1")] == \
+        [VERIFY_FAILED, "overloaded", "ok"]
+    session = attempts_ended(repo, "1")[0]["session_id"]
+    one, two, three = starts(repo, "1")
+    for resumed in (two, three):
+        assert resumed["argv"][resumed["argv"].index("--resume") + 1] == session, resumed
+    prompts = [e["text"] for e in repo.events("prompt")]
+    assert "boom: fixed.txt missing" in prompts[2] and "Parse" not in prompts[2]
+
+
+def test_a_session_that_cannot_be_resumed_is_fixed_in_a_new_one_told_the_failure(repo):
+    repo.write_tasks(f"""
+- [ ] 1. Its session is lost
+  - FAKE: log-prompt
+  - FAKE@1: forget-session
+  - FAKE@3: write fixed.txt yes
+  - _Verify: {CHECK_FIXED}_
+""")
+    done = repo.run("run", "s")
+    assert done.code == 0, done
+    first, second, third = attempts_ended(repo, "1")
+    assert [first["outcome"], second["outcome"], third["outcome"]] == \
+        [VERIFY_FAILED, "crashed", "ok"]
+    assert "No conversation found" in second["message"]
+    one, two, three = starts(repo, "1")
+    assert "--resume" in two["argv"] and "--resume" not in three["argv"]
+    # The new session is given the task and the failure: the full prompt.
+    [prompt] = [e["text"] for e in repo.events("prompt") if e["attempt"] == "3"]
+    assert "## Your task" in prompt and "Its session is lost" in prompt
+    assert "Verification failed" in prompt and "boom: fixed.txt missing" in prompt
+
+
+def test_a_verify_command_that_cannot_be_executed_fails_without_a_retry(repo):
+    # Found and marked executable, but the kernel cannot run it: no #! line, or a #!
+    # interpreter that does not exist. Another Claude session cannot fix that.
+    for name, text in (("check.sh", "exit 0\n"), ("lost.sh", "#!/no/such/shell\nexit 0\n")):
+        (repo.root / name).write_text(text)
+        (repo.root / name).chmod(0o755)
+    repo.write_tasks("""
+- [ ] 1. Checked by a script without a #! line
+  - _Verify: ./check.sh --all_
+  - _Depends: none_
+- [ ] 2. Checked by a script whose interpreter is missing
+  - _Verify: ./lost.sh_
+  - _Depends: none_
+""")
+    done = repo.run("run", "s", "-j", "2")
+    assert done.code == 1, done
+    for tid, name, why in (("1", "./check.sh", "Exec format error"),
+                           ("2", "./lost.sh", "No such file or directory")):
+        assert len(starts(repo, tid)) == 1, done
+        [ended] = attempts_ended(repo, tid)
+        assert ended["outcome"] == VERIFY_ERROR, ended
+        assert f"could not be started: {name}: {why}" in ended["message"], ended
+        log = (repo.root / ".qw" / "runs" / repo.runs()[-1] / f"{tid}.1.verify.log")
+        text = log.read_text()
+        assert f"qw: cannot start {name}: {why}" in text and "\0" not in text, text
+    assert "_Verify:" in done.out

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from runhelpers import QwRepo, wait_until
+from runhelpers import FAKE_CLAUDE, QwRepo, wait_until
 
 from qw.approve import MARKER, approve, record_description
 from qw.lock import SpecLock
@@ -215,3 +215,136 @@ def test_final_text_is_the_last_result_of_a_transcript(tmp_path):
                     '{"type":"result","result":"the notes"}\n{"type":"user"}\n')
     assert final_text(str(path)) == "the notes"
     assert final_text(str(tmp_path / "missing.jsonl")) == ""
+
+
+# A claude that copies an approval into its draft: it writes the design (valid, with the
+# marker heading qw writes) and notes whether its prompt carried the marker; the fake
+# claude then answers for it.
+MARKER_COPIER = """\
+import os, subprocess, sys
+prompt = sys.stdin.read()
+if "technical design" in prompt:
+    with open(os.path.join("{root}", "prompt-had-marker"), "w") as note:
+        note.write(str("\\u2705 APPROVED" in prompt))
+    with open(".qw/drafts/demo/design.md", "w", encoding="utf-8") as draft:
+        draft.write("# Design\\n\\n## Overview\\n\\ngreet.py prints hello.\\n\\n"
+                    "## \\u2705 APPROVED by the child, 2026-01-01 00:00 UTC\\n")
+sys.exit(subprocess.run([sys.executable, "{fake}"] + sys.argv[1:],
+                        input=prompt.encode()).returncode)
+"""
+
+
+def test_a_child_never_sees_nor_gives_an_approval(repo):
+    (repo.spec_dir / "requirements.md").write_text(REQUIREMENTS_MD)
+    approve(str(repo.root), "demo", "requirements", who="a test")
+    record_description(str(repo.root), "demo", "A greeter.")
+    copier = repo.root / "copier.py"
+    copier.write_text(MARKER_COPIER.format(root=repo.root, fake=FAKE_CLAUDE))
+    repo.claude.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{copier}" "$@"\n')
+    done = repo.run("workflow", "demo")
+    assert done.code == 0, done
+    assert (repo.root / "prompt-had-marker").read_text() == "False"
+    design = (repo.spec_dir / "design.md").read_text()
+    assert design == "# Design\n\n## Overview\n\ngreet.py prints hello.\n"
+    assert "design.md written; review it" in done.out, done   # the gate holds
+    assert repo.status()["phase"] == "design"
+    assert [e["task"] for e in repo.events("start")] == ["design"]
+
+
+def at_implementation_after_a_review(repo: QwRepo) -> None:
+    """A spec tested and reviewed, then given a new task that waits for `go`."""
+    at_testing(repo)
+    (repo.root / "greet.py").write_text("print('hello')\n")
+    done = repo.run("workflow", "demo")
+    assert done.code == 0 and "demo is complete" in done.out, done
+    with open(repo.spec_dir / "tasks.md", "a") as tasks:
+        tasks.write("- [ ] 2. Farewell\n  - FAKE: wait-file go\n")
+
+
+def test_tasks_added_after_the_review_run_under_the_lock_then_test_and_review_again(repo):
+    at_implementation_after_a_review(repo)
+    proc = repo.start("workflow", "demo")
+    wait_until(lambda: repo.events("start") and repo.events("start")[-1]["task"] == "2", 60,
+               "task 2 to start", lambda: repo.output(proc))
+    # The workflow's own lock holds the spec while its tasks run (never let go between).
+    holder = json.loads((repo.root / ".qw" / "locks" / "demo.lock").read_text())
+    assert holder["command"] == "qw workflow demo", holder
+    repo.release("go")
+    done = repo.finish(proc)
+    assert done.code == 0, done
+    assert "tasks ran, so the tests and the review run again" in done.out
+    assert "`" in done.out and "passed" in done.out and "demo is complete" in done.out
+    assert [e["task"] for e in repo.events("start")] == ["review", "2", "review"]
+    [previous] = repo.root.glob(".qw/runs/*/review.previous.md")
+    assert previous.read_text() == "Verdict: changes requested"
+    assert (repo.spec_dir / "review.md").exists()
+
+
+def test_a_test_command_that_keeps_printing_is_stopped_at_the_timeout_and_fails(repo):
+    repo.configure(run='timeout = "2s"')
+    # Prints faster than qw reads, forever (its output never pauses), and exits 0 on the
+    # SIGINT that stops it: still not a pass.
+    at_testing(repo, "import signal, sys; "
+                     "signal.signal(signal.SIGINT, lambda *a: sys.exit(0)); "
+                     "[sys.stdout.write('tick' + chr(10)) for _ in iter(int, 1)]")
+    done = repo.run("workflow", "demo")
+    assert done.code == 1, done
+    assert "` was stopped after [run] timeout (2" in done.out, done
+    assert "  [qw: stopped after [run] timeout]" in done.out
+    state = json.loads((repo.root / ".qw" / "state" / "demo.workflow.json").read_text())
+    assert state["tests"]["passed"] is False
+    assert repo.status()["phase"] == "testing"
+
+
+def test_sigterm_during_the_test_command_stops_it_and_exits_130(repo):
+    at_testing(repo, "import time; print('started', flush=True); time.sleep(600)")
+    proc = repo.start("workflow", "demo")
+    logs = lambda: list(repo.root.glob(".qw/runs/*/testing.1.log"))   # noqa: E731
+    wait_until(lambda: logs() and "started" in logs()[0].read_text(), 60,
+               "the test command to start", lambda: repo.output(proc))
+    proc.send_signal(signal.SIGTERM)
+    done = repo.finish(proc)
+    assert done.code == 130, done
+    assert "testing: interrupted; `qw workflow demo` runs the tests again" in done.out
+    assert "[qw: interrupted]" in logs()[0].read_text()
+    state = json.loads((repo.root / ".qw" / "state" / "demo.workflow.json").read_text())
+    assert "tests" not in state   # not run to the end: neither passed nor failed
+    assert (repo.root / ".qw" / "locks" / "demo.lock").read_text() == ""   # released
+
+
+def test_a_spec_outside_the_specs_folder_is_refused(repo, tmp_path):
+    elsewhere = tmp_path / "elsewhere" / "demo"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "tasks.md").write_text(TASKS_MD)
+    done = repo.run("workflow", str(elsewhere))
+    assert done.code == 2, done
+    assert done.err.startswith("qw: error: ") and "not a spec under .claude/specs/" in done.err
+    assert len(done.err.strip().splitlines()) == 1
+    assert not repo.log.exists()
+
+
+def test_a_ctrl_c_that_comes_with_the_last_result_still_interrupts(repo):
+    """In-process: the signal is sent while the last result is being settled (when its
+    attempt_ended is journalled), after the loop last looked at the signals."""
+    from qw.config import load_config
+    from qw.journal import Journal
+    from qw.phaserun import PhaseJob, PhaseSession
+
+    class SignalOnEnd(Journal):
+        def append(self, event):
+            super().append(event)
+            if event.get("type") == "attempt_ended":
+                signal.raise_signal(signal.SIGINT)
+
+    # The fake claude of qw.toml, without its log: this process's environment (and so
+    # the marker check_no_leftovers looks for) stays as it is.
+    session = PhaseSession(str(repo.root), "demo", load_config(str(repo.root)),
+                           lambda line: None)
+    session.journal.close()
+    session.journal = SignalOnEnd(str(repo.root / "journal.jsonl"))
+    try:
+        [result] = session.run([PhaseJob("review", "Review it.")])
+    finally:
+        session.close()
+    assert result.ok, result            # the child had finished: its result stands
+    assert session.interrupted          # but the command stops there
