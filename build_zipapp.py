@@ -2,7 +2,8 @@
 
     python build_zipapp.py [-o qw.pyz] [--wheelhouse DIR] [--platform KEY ...]
 
-The archive holds a tiny `__main__.py`, every `.py` of the `qw` package, the contents of
+The archive holds a tiny `__main__.py`, every `.py` of the `qw` package (and the hash of
+them that keys their compiled copy in the per-user cache: qw/codecache.py), the contents of
 tomli's pure-Python wheel under `_vendor/` (imported only on 3.9/3.10; 3.11+ has tomllib),
 and psutil's abi3 wheels, whole and uncompressed, under `_vendor/wheels/` with an index that
 qw.vendor reads at run time to extract the one for its platform (one wheel per `--platform`
@@ -110,6 +111,10 @@ PSUTIL_WHEELS = {
 WHEELS_DIR = f"{VENDOR_DIR}/wheels"
 WHEEL_INDEX = f"{WHEELS_DIR}/index.json"
 
+# The archive entry naming its qw/ files' hash (qw/codecache.py reads the same name): the
+# key of their compiled copy in the per-user cache.
+CODE_KEY = "qw-code.key"
+
 # Kept parseable by every Python, 2.7 included, so that an old interpreter prints one clear
 # line instead of a SyntaxError. It only imports and calls: nothing defined here could be
 # unpickled by a spawn child, which never re-runs a zip's __main__.
@@ -129,6 +134,18 @@ if sys.version_info < (3, 11):
     sys.path.insert(1, os.path.join(os.path.dirname(os.path.abspath(__file__)), "{vendor}"))
 
 if __name__ == "__main__":
+    # Before qw is imported: put this interpreter's compiled copy of the archive's qw/ (in
+    # the per-user cache; made on the first run) first on sys.path. zipimport compiles on
+    # every import; qw/codecache.py says more. It runs from here without importing qw.
+    archive = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(archive):
+        try:
+            read = __loader__.get_data  # a name inside the archive, e.g. "qw/cli.py"
+            boot = {{"__name__": "qw_codecache_boot"}}
+            exec(compile(read("qw/codecache.py"), "qw/codecache.py", "exec"), boot)
+            boot["activate"](archive, read)
+        except Exception:
+            pass  # qw runs from the archive, only slower
     from qw.cli import main
     sys.exit(main())
 '''.format(vendor=VENDOR_DIR)
@@ -154,6 +171,15 @@ def package_entries(root: Path = REPO_ROOT) -> List[Entry]:
     example = root / "config.example.toml"
     entries.append(("qw/config.example.toml", example.read_bytes().replace(b"\r\n", b"\n")))
     return entries
+
+
+def code_key_entry(entries: Iterable[Entry]) -> Entry:
+    """The CODE_KEY entry: the sha256 of the qw/ files among entries (names and contents)."""
+    digest = hashlib.sha256()
+    for name, data in sorted(entry for entry in entries if entry[0].startswith("qw/")):
+        digest.update(b"%s\0%d\0" % (name.encode("utf-8"), len(data)))
+        digest.update(data)
+    return CODE_KEY, (digest.hexdigest() + "\n").encode("ascii")
 
 
 def download_wheel(wheel: PinnedWheel, dest: Path) -> Path:
@@ -297,6 +323,7 @@ def build(output: Path, wheelhouse: Optional[Path] = None, root: Path = REPO_ROO
                          f"choose from {', '.join(sorted(PSUTIL_WHEELS))}")
     entries = [("__main__.py", MAIN_PY.encode("utf-8"))]
     entries += package_entries(root)
+    entries.append(code_key_entry(entries))
     entries += wheel_entries(fetch_wheel(TOMLI, wheelhouse))
     entries += platform_wheel_entries(
         [(key, PSUTIL_WHEELS[key], fetch_wheel(PSUTIL_WHEELS[key], wheelhouse)) for key in keys])

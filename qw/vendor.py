@@ -12,8 +12,8 @@ the work, once per process. In order:
    to <cache>/psutil-<sha256[:16]>/, then put first on sys.path. <cache> is $QW_CACHE_DIR,
    else the platform's cache folder + /qw (~/.cache, ~/Library/Caches, %LOCALAPPDATA%).
 
-A cache entry is made atomically, so that twenty cron jobs starting at once are safe: each
-extracts into its own temporary directory beside the entry, writes a marker (the wheel's
+A cache entry is made atomically (qw.codecache makes qw's compiled code the same way), so
+that twenty cron jobs starting at once are safe: each extracts into its own temporary directory beside the entry, writes a marker (the wheel's
 hash and each file's size) last, and renames the directory into place; whoever loses the
 race throws its copy away and uses the winner's. An entry without a valid marker, or with a
 file missing or of the wrong size, is moved aside and made again. An unwritable cache, or
@@ -27,21 +27,18 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
-import time
 import zipfile
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Optional, Tuple
+
+# The cache folder and its atomic entries are shared with the compiled code (qw.codecache).
+from qw.codecache import ATTEMPTS, archive_behind, cache_root, install_directory, move_aside
 
 # The names build_zipapp.py writes (its WHEELS_DIR and WHEEL_INDEX).
 WHEELS_DIR = "_vendor/wheels"
 WHEEL_INDEX = WHEELS_DIR + "/index.json"
 MARKER = "qw-complete.json"
-# Temporary or thrown-away directories older than this were left by a process that died
-# while extracting; younger ones may belong to a process extracting right now.
-STALE_AFTER_S = 3600.0
-ATTEMPTS = 3  # make, find broken, make again: a third failure is not a race any more
 
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64",
          "aarch64": "aarch64", "arm64": "aarch64"}
@@ -111,27 +108,12 @@ def this_platform() -> Optional[str]:
     return platform_key(sys.platform, machine, _libc(), sys.maxsize > 2 ** 32)
 
 
-def cache_root(environ: Mapping[str, str], sys_platform: str, home: str) -> str:
-    """qw's per-user cache folder: $QW_CACHE_DIR, else the platform's cache folder + qw."""
-    explicit = environ.get("QW_CACHE_DIR", "")
-    if explicit:
-        return explicit
-    if sys_platform == "win32":
-        base = environ.get("LOCALAPPDATA") or os.path.join(home, "AppData", "Local")
-    elif sys_platform == "darwin":
-        base = os.path.join(home, "Library", "Caches")
-    else:
-        xdg = environ.get("XDG_CACHE_HOME", "")
-        # The XDG spec: a relative value is invalid and must be ignored.
-        base = xdg if os.path.isabs(xdg) else os.path.join(home, ".cache")
-    return os.path.join(base, "qw")
-
-
 def archive_path() -> Optional[str]:
-    """The qw.pyz this qw package is imported from; None when it is a directory."""
+    """The qw.pyz this qw package comes from, whether imported from it or from its compiled
+    copy in the code cache (qw.codecache); None when qw is a plain directory."""
     import qw
     root = os.path.dirname(os.path.dirname(os.path.abspath(qw.__file__)))
-    return root if os.path.isfile(root) else None
+    return root if os.path.isfile(root) else archive_behind(root)
 
 
 def bundled_wheel(archive: str, key: Optional[str]) -> BundledWheel:
@@ -163,7 +145,7 @@ def ensure_extracted(archive: str, wheel: BundledWheel, root: str) -> str:
             return target
         try:
             if os.path.lexists(target):
-                _move_aside(target)
+                move_aside(target)
             _install(archive, wheel, target)
         except OSError as e:
             raise Unusable(f"psutil cache not writable: {e}") from None
@@ -234,27 +216,17 @@ def _libc() -> str:
 def _install(archive: str, wheel: BundledWheel, target: str) -> None:
     """Extract wheel into a fresh directory beside target and rename it into place; if
     another process got there first, keep theirs (the caller checks it)."""
-    root = os.path.dirname(target)
-    os.makedirs(root, exist_ok=True)
-    _sweep_stale(root)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
     data = _wheel_bytes(archive, wheel)
-    temp = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".tmp-", dir=root)
-    try:
+
+    def fill(temp: str) -> None:
         files = _extract(data, temp)
         # Written last: its presence says every file before it was written whole.
         with open(os.path.join(temp, MARKER), "w", encoding="utf-8") as f:
             json.dump({"sha256": wheel.sha256, "wheel": wheel.filename, "files": files}, f,
                       indent=0, sort_keys=True)
-        os.chmod(temp, 0o755)  # mkdtemp makes it 0700; a cache folder is normally 0755
-        try:
-            os.rename(temp, target)
-        except OSError:
-            if not os.path.isdir(target):
-                raise
-            # Another process renamed its copy into place between our check and now.
-    finally:
-        if os.path.isdir(temp):
-            shutil.rmtree(temp, ignore_errors=True)
+
+    install_directory(target, fill)
 
 
 def _wheel_bytes(archive: str, wheel: BundledWheel) -> bytes:
@@ -288,27 +260,3 @@ def _extract(wheel_data: bytes, directory: str) -> Dict[str, int]:
                 shutil.copyfileobj(src, out)
             files[name] = info.file_size
     return files
-
-
-def _move_aside(target: str) -> None:
-    """Rename a broken entry out of the way (atomic for readers), then delete it."""
-    trash = tempfile.mkdtemp(prefix="." + os.path.basename(target) + ".trash-",
-                             dir=os.path.dirname(target))
-    try:
-        os.rename(target, os.path.join(trash, "entry"))
-    except FileNotFoundError:
-        pass  # another process moved it first
-    # On Windows a file still loaded by another process cannot go: the sweep retries later.
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _sweep_stale(root: str) -> None:
-    cutoff = time.time() - STALE_AFTER_S
-    for name in os.listdir(root):
-        if name.startswith(".psutil-") and (".tmp-" in name or ".trash-" in name):
-            path = os.path.join(root, name)
-            try:
-                if os.lstat(path).st_mtime < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
-            except OSError:
-                continue  # removed by another process meanwhile

@@ -49,6 +49,12 @@ def run(command: List[str], **kwargs) -> subprocess.CompletedProcess:
         pytest.fail(f"{command} did not finish within {PROCESS_DEADLINE_S}s: {expired.output!r}")
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """The archives' compiled code and psutil go to a cache of this session's own."""
+    monkeypatch.setenv("QW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qw-cache"))
+
+
 # --- building -------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -250,14 +256,14 @@ def test_version_runs_on_39_without_tomli_installed(bare_python39, pyz, tmp_path
 # Runs the archive's __main__ the way `python qw.pyz --version` does, then reports what the
 # process (and a spawn child, as qw's worker pool starts them) can import.
 _PROBE = textwrap.dedent("""\
-    import json, multiprocessing, runpy, sys
+    import json, multiprocessing, os, runpy, sys
     pyz = sys.argv[1]
     sys.argv = [pyz, "--version"]
     try:
         runpy.run_path(pyz, run_name="__main__")
     except SystemExit as stop:
         exit_code = stop.code
-    vendor = [p for p in sys.path if p.startswith(pyz)]
+    vendor = [p for p in sys.path if p.startswith(os.path.join(pyz, ""))]
     report = {"exit": exit_code, "vendor": vendor}
     if vendor:
         import tomli
