@@ -174,7 +174,7 @@ against the schedule's lower bound, and on a large spec. Produced by
     {command} --markdown BENCHMARKS.md
 
 (`bench/run` builds `qw.pyz` from the checkout into a temp dir, runs every case several
-times and prints medians; about 5-10 minutes; `--quick` for a smaller version). The tasks are
+times and prints medians; about 2-5 minutes; `--quick` for a smaller version). The tasks are
 `bench/instant_claude`, a shell script standing in for `claude -p` (it reads the prompt,
 sleeps `$BENCH_TASK_SLEEP` seconds if set, prints an init line and a success result), except
 in case 5, which runs the real CLI against the tests' fake API. Every run pins `[run]
