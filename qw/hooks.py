@@ -264,7 +264,8 @@ def _suggest(repo: str) -> Optional[str]:
         return None
     command = best[1]
     path = os.path.join(repo, NEXT_COMMAND_FILE)
-    if _read(path) != command + "\n":
+    from qw.specdir import read_if_present
+    if read_if_present(path) != command + "\n":
         from qw.journal import atomic_write
         atomic_write(path, (command + "\n").encode("utf-8"))
     return command
@@ -281,21 +282,15 @@ def _newest_mtime(folder: str) -> float:
 def _failed_since(repo: str, command: str, changed: float) -> bool:
     """True when the consumer gave up on this very command and the spec has not changed
     since: suggesting it again would only fail again."""
+    from qw.specdir import read_if_present
+
     path = os.path.join(repo, FAILED_COMMAND_FILE)
-    failed = _read(path)
+    failed = read_if_present(path)
     try:
         return failed is not None and failed.strip() == command and \
             os.stat(path).st_mtime >= changed
     except OSError:
         return False
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
-    except OSError:
-        return None
 
 
 def _log(repo: Optional[str], message: str) -> None:

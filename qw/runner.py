@@ -124,6 +124,14 @@ class _Run:
         self.run_dir = os.path.join(qw_dir, "runs", run_id)
         self.agents = agents
         self.tasks_file = TasksFile(spec.paths.tasks)   # remembers its own last write
+        # Whether a child changed anything is looked for in the files its task declares,
+        # else in the whole tree but these, qw's own (where another task running at the
+        # same time can hide that one changed nothing: the flag is a hint, never a verdict).
+        try:
+            tasks_md = os.path.relpath(spec.paths.tasks, repo).replace(os.sep, "/")
+        except ValueError:   # on another drive (Windows): outside the tree anyway
+            tasks_md = ""
+        self.own_files = (".qw", tasks_md)
         self.marks = RunMarks(self.tasks_file, plan.ancestors, plan.groups,
                               config.spec.mark_in_progress)
         self.unticked: List[str] = []   # done, task_done not journaled: tasks.md first
@@ -346,10 +354,6 @@ class _Run:
         # Transcripts are numbered by start, which a usage-limited attempt (not counted
         # against the task) also is: `qw status` attempts and `qw logs --attempt` agree.
         stem = os.path.join(self.run_dir, f"{task.id}.{launch}")
-        # Whether the child changed anything: in the files the task declares, else in the
-        # whole tree but qw's own (where another task running at the same time can hide
-        # that this one changed nothing: the flag is a hint, never a verdict).
-        tasks_md = os.path.relpath(self.spec.paths.tasks, self.repo).replace(os.sep, "/")
         return AttemptRequest(
             task_id=task.id, attempt=attempt, argv=tuple(argv), env=env, cwd=self.repo,
             prompt=prompt,
@@ -357,7 +361,7 @@ class _Run:
             transcript=stem + ".jsonl", grace_s=GRACE_S,
             verify_argv=verify, verify_command=command,
             verify_timeout_s=self.config.run.verify_timeout, verify_log=stem + ".verify.log",
-            watch=change_pathspecs(task.files, (".qw", tasks_md)))
+            watch=change_pathspecs(task.files, self.own_files))
 
     def _worker_died(self, worker_id: int, request: Optional[AttemptRequest]) -> None:
         self.debug.debug("worker died", worker=worker_id, pid=None,

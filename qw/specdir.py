@@ -113,6 +113,17 @@ def resolve_spec(repo: str, arg: str) -> SpecPaths:
     )
 
 
+def read_if_present(path: str) -> Optional[str]:
+    """The file's text (bytes that are not UTF-8 replaced), or None when it cannot be read:
+    for files qw only looks at (a suggestion, a log, a document shown as context), where
+    "not there" is an answer rather than an error."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def read_text(path: str) -> str:
     """The file's text, decoded as UTF-8 with line endings and any BOM kept as they are.
 

@@ -215,12 +215,7 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
             stopped, cancel_reason = _stream(req, conn, child, state, transcript, started,
                                              meter)
         meter.sample()   # the last look, before the tree is stopped or reaped
-        if stopped or cancel_reason:
-            exit_code = child.stop()
-        else:
-            exit_code = child.wait(req.grace_s * 2 + 5)
-            if exit_code is None:   # closed its output but did not exit
-                exit_code = child.stop()
+        exit_code = _end(child, bool(stopped or cancel_reason), req.grace_s)
         stderr_tail = child.stderr_tail()
     finally:
         child.close()
@@ -343,12 +338,7 @@ def _verify(req: AttemptRequest, conn, ok) -> Tuple[object, Optional[int], str]:
                 log.write(line)
                 log.flush()   # `qw logs --follow` shows it as it comes
                 tail.add(line)
-            if timed_out or cancel_reason:
-                exit_code = child.stop()
-            else:
-                exit_code = child.wait(req.grace_s * 2 + 5)
-                if exit_code is None:   # closed its output but did not exit
-                    exit_code = child.stop()
+            exit_code = _end(child, bool(timed_out or cancel_reason), req.grace_s)
         finally:
             child.close()
         text = tail.text()
@@ -534,6 +524,13 @@ def split_command(command: str) -> List[str]:
         return shlex.split(command)
     words = shlex.split(command, posix=False)
     return [w[1:-1] if len(w) > 1 and w[0] == w[-1] and w[0] in "\"'" else w for w in words]
+
+
+def _end(child, stop_now: bool, grace_s: float) -> int:
+    """The exit code of a child whose output has ended (or that must stop now): stopped at
+    once, or given time to exit, and stopped if it closed its output but does not exit."""
+    code = None if stop_now else child.wait(grace_s * 2 + 5)
+    return child.stop() if code is None else code
 
 
 class _Meter:

@@ -35,6 +35,7 @@ from qw.phases import (APPROVE, COMPLETE, DESIGN, DOCUMENT_FILES, DOCUMENT_PHASE
                        IMPLEMENTATION, REQUIREMENTS, REVIEW, REVIEW_FILE, STEERING, TESTING,
                        analyst_prompt, document_path, draft_path, is_analyst, next_command,
                        phase_prompt, validate_document, where)
+from qw.specdir import read_if_present
 
 AUTO_APPROVER = "qw (auto-approve)"
 TESTER, REVIEWER = "tester", "reviewer"       # agents the workflow uses when they exist
@@ -257,7 +258,7 @@ class Workflow:
             text = read_text(path)
         except SpecError as error:
             return [str(error)]
-        requirements = self._read(self._spec_file(DOCUMENT_FILES[REQUIREMENTS]))
+        requirements = read_if_present(self._spec_file(DOCUMENT_FILES[REQUIREMENTS]))
         return validate_document(phase, text, self._rel(path), requirements)
 
     def _fan_out(self, description: str, documents: Dict[str, str]) -> int:
@@ -381,7 +382,7 @@ class Workflow:
         how = (f"was stopped after [run] timeout ({format_duration(self.config.run.timeout)})"
                if ended == TIMED_OUT else f"failed with exit code {code}")
         self.say(f"testing: `{command}` {how}; the end of its output ({self._rel(log)}):")
-        for line in (self._read(log) or "").splitlines()[-TEST_OUTPUT_LINES:]:
+        for line in (read_if_present(log) or "").splitlines()[-TEST_OUTPUT_LINES:]:
             self.say(f"  {line}")
         self.say(f"fix the code (or the tests), then `qw workflow {self.spec}` runs them again")
         return EXIT_FAILED
@@ -470,7 +471,7 @@ class Workflow:
         elif result.text.strip():
             # It answered with the review instead of writing it: keep the answer.
             atomic_write(path, without_marker(result.text.strip() + "\n").encode("utf-8"))
-        text = self._read(path)
+        text = read_if_present(path)
         self.session.event("phase_ended", phase=REVIEW, status="ok" if text else "missing",
                            cost_usd=result.cost_usd)
         if not text:
@@ -565,13 +566,5 @@ class Workflow:
         could otherwise copy into its own draft."""
         from qw.approve import without_marker
 
-        text = cls._read(path)
+        text = read_if_present(path)
         return None if text is None else without_marker(text)
-
-    @staticmethod
-    def _read(path: str) -> Optional[str]:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                return handle.read()
-        except OSError:
-            return None

@@ -12,36 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from qw import guard, guardlink
-from runhelpers import processes_with
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="real process trees are checked through /proc")
 
 CHILD = [sys.executable, str(Path(__file__).parent / "fakes" / "child.py")]
 BOUND = 20.0  # seconds: a generous ceiling for anything a loaded 2-core machine must do
-
-
-@pytest.fixture
-def marker():
-    run_id = "test-" + uuid.uuid4().hex
-    entry = "QW_RUN_ID=" + run_id
-    yield SimpleNamespace(env=dict(os.environ, QW_RUN_ID=run_id))
-    deadline = time.monotonic() + 5.0
-    while processes_with(entry) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = processes_with(entry)
-    if left:
-        for pid in left:
-            guard.kill_quietly(pid, signal.SIGKILL)
-        pytest.fail("processes left behind by the test: %s" % left)
 
 
 class RawGuard:

@@ -11,11 +11,13 @@ import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from qw.errors import StateError
-from qw.journal import Journal, atomic_write, new_run_id
+from qw.journal import Journal, atomic_write, encode_line, new_run_id
 from qw.statestore import IN_MEMORY, STRICT, StateStore
 from qw.state import replay
 
@@ -218,8 +220,9 @@ def test_events_already_in_the_snapshot_are_not_applied_twice(tmp_path):
 
 
 def snapshot_with_tail(tmp_path):
-    """A store whose snapshot covers the first three events and whose journal holds two
-    more: (qw dir, the store, the snapshot's journal_bytes)."""
+    """A store (still open: closing it would write a newer snapshot) whose snapshot covers the first three events and whose journal holds
+    two more: the qw dir, the store, the journal's path and bytes, and the snapshot's
+    journal_bytes."""
     qw = str(tmp_path / ".qw")
     store = StateStore(qw, "demo", snapshot_interval=3600.0)
     store.load()
@@ -230,78 +233,61 @@ def snapshot_with_tail(tmp_path):
         store.record(event)
     with open(store.snapshot_path) as f:
         covered = json.load(f)["journal_bytes"]
-    return qw, store, covered
+    path = Path(store.journal_path("r1"))
+    return SimpleNamespace(qw=qw, store=store, path=path, data=path.read_bytes(),
+                           covered=covered)
 
 
 def test_a_snapshot_says_how_much_of_the_journal_it_covers(tmp_path):
-    qw, store, covered = snapshot_with_tail(tmp_path)
-    with open(store.journal_path("r1"), "rb") as f:
-        data = f.read()
-    assert data[:covered].count(b"\n") == 4            # the header and three events
-    tail = Journal.scan(store.journal_path("r1"), start=covered)
+    j = snapshot_with_tail(tmp_path)
+    assert j.data[:j.covered].count(b"\n") == 4        # the header and three events
+    tail = Journal.scan(str(j.path), start=j.covered)
     assert [e["type"] for e in tail] == ["task_done", "attempt_started"]
     assert tail.lines == [5, 6] and tail.line_count == 6
     for mode in (IN_MEMORY, STRICT):
-        loaded = StateStore(qw, "demo", recover=mode).load()
-        assert loaded.to_snapshot() == store.state.to_snapshot()
+        loaded = StateStore(j.qw, "demo", recover=mode).load()
+        assert loaded.to_snapshot() == j.store.state.to_snapshot()
 
 
 def test_a_load_reads_only_the_lines_the_snapshot_does_not_cover(tmp_path):
     # What keeps `qw status` fast after a 10,000-task run: the covered lines are not read,
     # so a flipped byte there (which the snapshot makes harmless) is not even seen.
-    qw, store, covered = snapshot_with_tail(tmp_path)
-    path = store.journal_path("r1")
-    store.close()
-    with open(path, "rb") as f:
-        data = bytearray(f.read())
-    second_line = data.index(b"\n") + 1
-    data[second_line + 5] ^= 0x20
-    with open(path, "wb") as f:
-        f.write(bytes(data))
-    assert Journal.scan(path).bad_line == 2          # a whole read sees it...
-    look = StateStore(qw, "demo", recover=IN_MEMORY)
+    j = snapshot_with_tail(tmp_path)
+    data = bytearray(j.data)
+    data[data.index(b"\n") + 1 + 5] ^= 0x20          # in the second line
+    j.path.write_bytes(bytes(data))
+    assert Journal.scan(str(j.path)).bad_line == 2   # a whole read sees it...
+    look = StateStore(j.qw, "demo", recover=IN_MEMORY)
     assert look.load().tasks["2"].status == "running"
     assert look.warnings == []                       # ...a read-only look never reads it
     with pytest.raises(StateError, match="bad line"):
-        StateStore(qw, "demo").load()                # a run's load reads it all
+        StateStore(j.qw, "demo").load()              # a run's load reads it all
 
 
 def test_a_covered_offset_that_is_not_a_line_start_reads_the_whole_journal(tmp_path):
-    qw, store, covered = snapshot_with_tail(tmp_path)
-    path = store.journal_path("r1")
-    assert [e["seq"] for e in Journal.scan(path, start=covered - 3)] == [1, 2, 3, 4, 5]
-    assert [e["seq"] for e in Journal.scan(path, start=10 ** 9)] == [1, 2, 3, 4, 5]
+    j = snapshot_with_tail(tmp_path)
+    assert [e["seq"] for e in Journal.scan(str(j.path), start=j.covered - 3)] == [1, 2, 3, 4, 5]
+    assert [e["seq"] for e in Journal.scan(str(j.path), start=10 ** 9)] == [1, 2, 3, 4, 5]
 
 
 def test_a_journal_cut_below_what_the_snapshot_covers_is_still_damage(tmp_path):
-    qw, store, covered = snapshot_with_tail(tmp_path)
-    path = store.journal_path("r1")
-    store.close()
-    with open(path, "rb") as f:
-        data = f.read()
-    with open(path, "wb") as f:
-        f.write(data[:covered - 5])                    # a torn line inside the covered part
-    rebuilt = StateStore(qw, "demo", recover=IN_MEMORY)
+    j = snapshot_with_tail(tmp_path)
+    j.path.write_bytes(j.data[:j.covered - 5])       # a torn line inside the covered part
+    rebuilt = StateStore(j.qw, "demo", recover=IN_MEMORY)
     state = rebuilt.load()
-    assert state.tasks["1"].status == "done"           # the snapshot still stands
+    assert state.seq == 3                              # the snapshot still stands
     assert any("torn last line" in w for w in rebuilt.warnings), rebuilt.warnings
 
 
 def test_a_newer_journal_is_refused_even_when_only_its_tail_is_read(tmp_path):
-    qw, store, covered = snapshot_with_tail(tmp_path)
-    path = store.journal_path("r1")
-    store.close()
-    with open(path, "rb") as f:
-        data = f.read()
-    header_end = data.index(b"\n") + 1
-    header = json.loads(data[:header_end])
+    j = snapshot_with_tail(tmp_path)
+    header_end = j.data.index(b"\n") + 1
+    header = json.loads(j.data[:header_end])
     header.pop("sha256", None)
-    from qw.journal import encode_line
     newer = encode_line(dict(header, format=header["format"] + 1))
-    with open(path, "wb") as f:
-        f.write(newer + data[header_end:])
+    j.path.write_bytes(newer + j.data[header_end:])
     with pytest.raises(StateError, match="newer qw"):
-        Journal.scan(path, start=covered + len(newer) - header_end)
+        Journal.scan(str(j.path), start=j.covered + len(newer) - header_end)
 
 
 def test_a_new_run_gets_its_own_journal_and_the_store_follows_it(tmp_path):

@@ -15,13 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from qw import guard, guardlink, proctree
+from runhelpers import processes_with
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="real process trees are checked through /proc")
@@ -29,21 +28,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 FAKES = Path(__file__).parent / "fakes"
 CHILD = [sys.executable, str(FAKES / "child.py")]
 BOUND = 20.0  # seconds: a generous ceiling for anything a loaded 2-core machine must do
-
-
-def marked_pids(run_id: str) -> list:
-    """Living processes (not zombies: their environ reads empty) carrying the marker."""
-    wanted = ("QW_RUN_ID=" + run_id).encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open("/proc/%s/environ" % name, "rb") as f:
-                    if wanted in f.read().split(b"\0"):
-                        found.append(int(name))
-            except OSError:
-                continue
-    return found
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -64,21 +48,6 @@ def read_line_within(stream, timeout: float) -> bytes:
     if not ready:
         pytest.fail("no output within %.0f s" % timeout)
     return stream.readline()
-
-
-@pytest.fixture
-def marker():
-    run_id = "test-" + uuid.uuid4().hex
-    env = dict(os.environ, QW_RUN_ID=run_id, QW_TASK_ID="1")
-    yield SimpleNamespace(run_id=run_id, env=env)
-    deadline = time.monotonic() + 5.0
-    while marked_pids(run_id) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = marked_pids(run_id)
-    if left:
-        for pid in left:
-            guard.kill_quietly(pid, signal.SIGKILL)
-        pytest.fail("processes left behind by the test: %s" % left)
 
 
 def start(marker, *args: str, stdin_data: bytes = b"", grace: float = 0.5):
@@ -105,7 +74,7 @@ def test_lines_then_eof_then_exit_code(marker):
         assert child.wait(BOUND) == 7
         assert child.poll() == 7
         assert child.stderr_tail() == "bye\n"
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
 
 
 def test_stop_ends_a_child_that_would_run_forever(marker):
@@ -116,7 +85,7 @@ def test_stop_ends_a_child_that_would_run_forever(marker):
     code = child.stop()
     assert code == 128 + signal.SIGINT  # SIGINT was enough
     assert "KeyboardInterrupt" in child.stderr_tail()
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
     assert child.stop() == code  # idempotent
     child.close()
 
@@ -127,7 +96,7 @@ def test_stop_escalates_to_sigkill_when_signals_are_ignored(marker):
     began = time.monotonic()
     assert child.stop(grace=0.3) == 128 + signal.SIGKILL
     assert time.monotonic() - began < 0.6 + BOUND / 2
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
     child.close()
 
 
@@ -145,7 +114,7 @@ def test_orphans_are_killed_when_the_child_exits_normally(marker, tmp_path):
     # The grandchildren hold stdout open: EOF means the guard has killed them.
     assert read_all(child) == []
     assert child.wait(BOUND) == 0
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
     child.close()
 
 
@@ -160,7 +129,7 @@ def test_tree_dies_when_the_worker_is_sigkilled(marker):
         assert len(proctree.tree_pids(guard_pid)) >= 4  # child + 3 grandchildren
         worker.kill()
         assert worker.wait(BOUND) == -signal.SIGKILL
-        wait_until(lambda: not marked_pids(marker.run_id), BOUND,
+        wait_until(lambda: not processes_with(marker.entry), BOUND,
                    "the guard to kill the tree of a SIGKILLed worker")
     finally:
         worker.kill()
@@ -244,7 +213,7 @@ def test_children_at_the_same_time_get_a_guard_each(marker):
     finally:
         first.close()
         second.close()
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
 
 
 def test_a_guard_that_died_while_idle_is_replaced(marker):
@@ -265,7 +234,7 @@ def test_when_the_guard_is_killed_the_tree_dies_from_here(marker):
     assert child.read_line(BOUND) == b"ready\n"
     os.kill(child.guard_pid, signal.SIGKILL)
     assert child.wait(BOUND) == 128 + signal.SIGKILL
-    assert marked_pids(marker.run_id) == []
+    assert processes_with(marker.entry) == []
     child.close()
 
 
@@ -423,7 +392,7 @@ def test_a_stuck_guard_is_killed_with_the_orphans_it_took_in(marker, monkeypatch
                "the child to exit (its stopped guard cannot reap it)")
     assert len(proctree.tree_pids(child.guard_pid)) >= 3  # all taken in by the guard
     assert child.stop(grace=0.1) == 128 + signal.SIGKILL
-    wait_until(lambda: not marked_pids(marker.run_id), BOUND,
+    wait_until(lambda: not processes_with(marker.entry), BOUND,
                "the stuck guard's orphans to be killed")
     child.close()
 
@@ -458,7 +427,7 @@ def test_kill_marked_kills_detached_processes_of_that_task(marker):
         return subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
 
     first, second = detached("1"), detached("2")
-    wait_until(lambda: len(marked_pids(marker.run_id)) == 2, BOUND, "both sleeps to exec")
+    wait_until(lambda: len(processes_with(marker.entry)) == 2, BOUND, "both sleeps to exec")
     assert proctree.kill_marked(marker.run_id, "1") == [first.pid]
     assert first.wait(BOUND) == -signal.SIGKILL
     assert second.poll() is None
