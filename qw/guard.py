@@ -16,8 +16,12 @@ One line per message on the socket:
                      stop GRACE
     guard -> owner   started PID | error JSON[errno, strerror, filename]
                      note TEXT       (a diagnostic for the child's stderr tail)
-                     exited CODE     (128 + signal for a signal), once the child and every
-                                     stray are gone; the guard is then idle again
+                     exited CODE MAXRSS CPU
+                                     once the child and every stray are gone (CODE: 128 +
+                                     signal for a signal); MAXRSS, in bytes, the largest
+                                     peak RSS, and CPU, in seconds, the user + system time,
+                                     of every process of the tree the guard reaped (the
+                                     kernel's wait4 figures); the guard is then idle again
 
 The guard posix_spawns the child with the three ends as its 0/1/2 and nothing else open
 (every fd the guard holds is close-on-exec), closes its copies, and watches its socket and
@@ -59,6 +63,8 @@ MAX_FDS = 8               # room for received fds; a start carries 3, extras are
 _DEFAULT_SIGNALS = tuple(getattr(signal, name) for name in (
     "SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGXFSZ", "SIGCHLD")
     if hasattr(signal, name))
+# ru_maxrss is in kibibytes, except on macOS (bytes).
+_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 # What the guard is doing with its current child.
 IDLE, RUNNING, STOPPING, SWEEPING = "idle", "running", "stopping", "sweeping"
 
@@ -138,6 +144,17 @@ def kill_quietly(pid: int, signum: int) -> None:
             raise
 
 
+def parse_exited(rest: str) -> "tuple[int, tuple[float, float] | None]":
+    """An `exited` reply's words after the first: (exit code, (peak RSS in MB of the
+    tree's largest process, CPU seconds of the whole tree)); the usage is None when the
+    reply carries none."""
+    words = rest.split()
+    try:
+        return int(words[0]), (int(words[1]) / (1024 * 1024), float(words[2]))
+    except (IndexError, ValueError):
+        return int(words[0]), None
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -175,6 +192,8 @@ class Guard:
         self.term_wait = 0.0     # SWEEPING: how long strays get between SIGTERM and SIGKILL
         self.termed = set()      # SIGTERM once each: a second one means "quit now" to some
         self.snapshot = set()    # without a subreaper, orphans must be remembered beforehand
+        self.maxrss = 0          # bytes: the largest ru_maxrss of what was reaped for it
+        self.cpu_s = 0.0         # user + system seconds of what was reaped for it
 
     def _on_stop_signal(self, signum, frame) -> None:
         self.stop_asked = True
@@ -374,8 +393,9 @@ class Guard:
             pids = []
         if not pids:
             code = self.status if self.status is not None else 128 + signal.SIGKILL
+            usage = (self.maxrss, self.cpu_s)
             self._forget_child()
-            self._send("exited %d" % code)
+            self._send("exited %d %d %.3f" % ((code,) + usage))
             return
         for pid in pids:
             if elapsed >= self.term_wait:
@@ -397,14 +417,20 @@ class Guard:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.has_children = False
                 return
             if pid == 0:
                 self.has_children = True
                 return
-            if pid == self.child and self.child:
+            if not self.child:
+                continue   # a stray of a tree already reported: nobody to account it to
+            # The child's figures include the descendants it reaped itself; the orphans
+            # it left come here, as this process is their subreaper.
+            self.maxrss = max(self.maxrss, usage.ru_maxrss * _MAXRSS_UNIT)
+            self.cpu_s += usage.ru_utime + usage.ru_stime
+            if pid == self.child:
                 self.status = _exit_code(status)
 
     def _drain_wake(self) -> None:

@@ -1,7 +1,8 @@
 """The owner's side of qw.guard (DESIGN §6): the guard processes of one process. POSIX only.
 
     link, pid = POOL.start(exe, argv, env, cwd, grace, fds)  # fds: the child's 0, 1, 2
-    link.read_reply()     ("note", text)... then ("exited", "0"); (None, "") if the guard died
+    link.read_reply()     ("note", text)... then ("exited", "0 RSS CPU"); (None, "") if the
+                          guard died
     link.kill()           SIGKILL everything under a stuck guard, then the guard
     link.stop(grace)      SIGINT, grace, SIGTERM, grace, SIGKILL to the child's whole tree
     POOL.release(link)    after "exited": the guard waits, idle, for this process's next child
@@ -131,6 +132,35 @@ class GuardLink:
             if not data:
                 return None, ""
             self._inbox += data
+        return self._take_reply()
+
+    def fileno(self) -> int:
+        """The socket's fd, to poll together with the child's pipes."""
+        return self._sock.fileno()
+
+    def replies_now(self) -> list:
+        """The guard's messages that have arrived, without waiting: [(word, rest), ...],
+        ending with (None, "") once the guard is gone."""
+        gone = False
+        while True:
+            try:
+                data = self._sock.recv(65536, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                gone = True
+                break
+            self._inbox += data
+        replies = []
+        while b"\n" in self._inbox:
+            replies.append(self._take_reply())
+        if gone:
+            replies.append((None, ""))
+        return replies
+
+    def _take_reply(self) -> Tuple[str, str]:
         line, self._inbox = self._inbox.split(b"\n", 1)
         word, _, rest = line.decode("utf-8", "replace").partition(" ")
         if word == "exited":

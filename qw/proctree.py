@@ -6,18 +6,21 @@ The worker's view of one supervised child:
         POSIX:   worker ─socket─► guard (qw.guard: own session, subreaper) ─► child ─► tree
         Windows: worker ─(job handle, kill-on-close)─► child ─► tree, all in one Job object
 
-    Child.read_line(timeout)  stdout, line by line (a reader thread fills a queue: select()
-                              does not work on Windows pipes)
+    Child.read_line(timeout)  stdout, line by line; meanwhile stdin is fed and stderr kept
+                              (POSIX: by the reading call itself, with poll(); Windows:
+                              by threads, as select() does not work on its pipes)
     Child.stop(grace)         SIGINT -> grace -> SIGTERM -> grace -> SIGKILL, the whole tree
     Child.poll()/wait()       an exit code only once nothing of the tree is left
+    Child.usage               then, on POSIX: (peak RSS MB of the tree's largest process,
+                              CPU seconds of the whole tree), as the guard reaped them
 
 The guard is long-lived: one per process that starts children, kept for every later child
 (one more per child running at the same time; qw.guardlink keeps them). The worker makes the
 child's pipes, and the guard spawns the child with them. If the worker dies, even by
 SIGKILL, or exits, the guard reads EOF on its socket (Windows: the kernel closes the job
-handle) and the tree is stopped the same way. The prompt goes in through stdin from a
-writer thread, so a prompt larger than a pipe buffer cannot deadlock the reader.
-`preexec_fn` is never used: the worker runs threads.
+handle) and the tree is stopped the same way. The prompt goes in through stdin as the
+child takes it, while its output is read, so a prompt larger than a pipe buffer cannot
+deadlock the two. `preexec_fn` is never used (it is unsafe in a process with threads).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import collections
 import errno
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 from qw import guard, guardlink
 
@@ -46,7 +50,7 @@ _SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 
 class Child:
-    """One supervised child process tree and the threads that feed and drain its pipes.
+    """One supervised child process tree.
 
     `pid` is the child's own pid (the root of the tree it starts); `guard_pid` the pid of
     its guard on POSIX (None on Windows). An exit code from poll(), wait() or stop() means
@@ -54,52 +58,38 @@ class Child:
     """
 
     guard_pid: Optional[int] = None
+    # Once the tree is gone: (peak RSS in MB of its largest process, CPU seconds of all
+    # of it), from the kernel's accounting of what was reaped; None where nobody reaped
+    # it all (Windows; a guard that died).
+    usage: Optional[Tuple[float, float]] = None
 
-    def __init__(self, pid: int, stdin, stdout, stderr, stdin_data: bytes, grace: float):
+    def __init__(self, pid: int, grace: float):
         self.pid = pid
-        self._stdin = stdin
-        self._stdout = stdout
-        self._stderr = stderr
         self._grace = grace
-        self._code: Optional[int] = None
-        self._lines: queue.Queue = queue.Queue()
-        self._at_eof = False
         self._tail: collections.deque = collections.deque()
         self._tail_size = 0
         self._tail_lock = threading.Lock()
-        self._exited = threading.Event()
-        self._threads = [_daemon(self._feed_stdin, stdin_data, name="stdin"),
-                         _daemon(self._read_stdout, name="stdout"),
-                         _daemon(self._read_stderr, name="stderr"),
-                         # A thread blocked until the tree is gone reports it at once, where
-                         # a poll with sleeps (Popen.wait(timeout)) would lag.
-                         _daemon(self._wait_for_exit, name="wait")]
 
     def read_line(self, timeout: float) -> Optional[bytes]:
         """The next stdout line (with its newline); None after `timeout` s; b"" at EOF."""
-        if self._at_eof:
-            return b""
-        try:
-            line = self._lines.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
-        if not line:
-            self._at_eof = True
-        return line
+        raise NotImplementedError
 
     def poll(self) -> Optional[int]:
         """The child's exit code (128 + n for signal n) once the tree is gone, else None."""
-        return self._code if self._exited.is_set() else None
+        raise NotImplementedError
 
     def wait(self, timeout: float) -> Optional[int]:
         """Like poll(), waiting at most `timeout` seconds for the tree to finish."""
-        self._exited.wait(max(0.0, timeout))
-        return self.poll()
+        raise NotImplementedError
 
     def stop(self, grace: Optional[float] = None) -> Optional[int]:
         """Stop the whole tree (SIGINT, grace, SIGTERM, grace, SIGKILL) and return its exit
         code; None only if even that failed within a hard bound. `grace` defaults to the
         one given to start_child. Idempotent: a finished child just returns its code."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the tree if it still runs and release the pipes."""
         raise NotImplementedError
 
     def stderr_tail(self) -> str:
@@ -108,60 +98,11 @@ class Child:
             data = b"".join(self._tail)
         return data[-STDERR_TAIL_BYTES:].decode("utf-8", "replace")
 
-    def close(self) -> None:
-        """Stop the tree if it still runs and release the pipes."""
-        if self.poll() is None:
-            self.stop()
-        stdin_thread, stdout_thread, stderr_thread, _ = self._threads
-        stdin_thread.join(JOIN_WAIT)
-        # A pipe is closed only once its reader is done with it; a stray that escaped and
-        # still holds the pipe leaves a daemon thread behind instead of a crash.
-        for thread, pipe in ((stdout_thread, self._stdout), (stderr_thread, self._stderr)):
-            thread.join(JOIN_WAIT)
-            if not thread.is_alive():
-                pipe.close()
-
     def __enter__(self) -> "Child":
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def _wait_tree(self) -> int:
-        """Block until the child and its tree are gone; return the exit code."""
-        raise NotImplementedError
-
-    def _wait_for_exit(self) -> None:
-        self._code = self._wait_tree()
-        self._exited.set()
-
-    def _feed_stdin(self, data: bytes) -> None:
-        # An OSError means the child exited without reading it all: its result will say why.
-        try:
-            if data:
-                self._stdin.write(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                self._stdin.close()
-            except OSError:
-                pass
-
-    def _read_stdout(self) -> None:
-        try:
-            for line in iter(self._stdout.readline, b""):
-                self._lines.put(line)
-        except (OSError, ValueError):
-            pass
-        self._lines.put(b"")
-
-    def _read_stderr(self) -> None:
-        try:
-            for chunk in iter(lambda: self._stderr.read1(65536), b""):
-                self._add_to_tail(chunk)
-        except (OSError, ValueError):
-            pass
 
     def _add_to_tail(self, chunk: bytes) -> None:
         with self._tail_lock:
@@ -270,13 +211,53 @@ def _environments():
 # POSIX: a guard process (qw/guard.py, reached through qw/guardlink.py) owns the tree.
 
 class _GuardedChild(Child):
-    """A child under a guard process, which reports the end of its tree over `link`."""
+    """A child under a guard process, which reports the end of its tree over `link`.
 
-    def __init__(self, link, pid: int, pipes: tuple, stdin_data: bytes, grace: float):
+    No threads: whenever the caller reads or waits, one poll() over the child's stdout and
+    stderr, the guard's socket and (while the prompt is not all in) stdin moves whatever is
+    ready. Four threads per child cost more than a quick child itself, and on a busy
+    machine each one's start waited for the scheduler. A caller that does not read for a
+    while only leaves the child waiting on a full pipe."""
+
+    def __init__(self, link, pid: int, fds: Tuple[int, int, int], stdin_data: bytes,
+                 grace: float):
+        super().__init__(pid, grace)
         self._link = link
         self._link_released = False
         self.guard_pid = link.pid
-        super().__init__(pid, *pipes, stdin_data, grace)
+        self._stdin, self._stdout, self._stderr = fds   # -1 once closed
+        for fd in fds:
+            os.set_blocking(fd, False)
+        self._prompt = memoryview(stdin_data)   # what stdin has yet to take
+        self._partial = bytearray()             # stdout after its last newline
+        self._lines: collections.deque = collections.deque()   # then b"" for EOF
+        self._code: Optional[int] = None
+        self._feed()   # most prompts fit in the pipe at once
+
+    def read_line(self, timeout: float) -> Optional[bytes]:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._lines:
+            self._pump(deadline - time.monotonic())
+            if not self._lines and time.monotonic() >= deadline:
+                return None
+        line = self._lines[0]
+        if line:   # EOF stays at the head: every later read sees it too
+            self._lines.popleft()
+        return line
+
+    def poll(self) -> Optional[int]:
+        if self._code is None:
+            self._pump(0.0)
+        return self._code
+
+    def wait(self, timeout: float) -> Optional[int]:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self._code is None:
+            left = deadline - time.monotonic()
+            self._pump(left)
+            if left <= 0:
+                break
+        return self._code
 
     def stop(self, grace: Optional[float] = None) -> Optional[int]:
         code = self.poll()
@@ -291,23 +272,111 @@ class _GuardedChild(Child):
             code = self.wait(2 * KILL_WAIT)
         return code
 
+    def stderr_tail(self) -> str:
+        if self._code is not None:
+            self._drain_stderr()   # the tree is gone: what it wrote last is all there
+        return super().stderr_tail()
+
     def close(self) -> None:
-        super().close()
+        if self.poll() is None:
+            self.stop()
+        # A stray that escaped and still holds a pipe gets EPIPE or EOF, not a hang here.
+        for name in ("_stdin", "_stdout", "_stderr"):
+            self._close(name)
         if not self._link_released:
             self._link_released = True
             guardlink.POOL.release(self._link)  # kept only if the guard is idle and well
 
-    def _wait_tree(self) -> int:
-        while True:
-            word, rest = self._link.read_reply()
+    def _pump(self, timeout: float) -> None:
+        """Wait at most `timeout` seconds for the pipes or the guard; move what is ready."""
+        poller = select.poll()
+        handlers = {}
+        for fd, events, handler in ((self._stdout, select.POLLIN, self._read_stdout),
+                                    (self._stderr, select.POLLIN, self._read_stderr),
+                                    (self._stdin, select.POLLOUT, self._feed)):
+            if fd >= 0:
+                poller.register(fd, events)
+                handlers[fd] = handler
+        if self._code is None:
+            poller.register(self._link.fileno(), select.POLLIN)
+            handlers[self._link.fileno()] = self._read_guard
+        if not handlers:
+            return
+        for fd, _event in poller.poll(max(0.0, timeout) * 1000):
+            handlers[fd]()
+
+    def _feed(self) -> None:
+        """Write what stdin takes now of the prompt; close it once all is in."""
+        try:
+            while self._prompt:
+                self._prompt = self._prompt[os.write(self._stdin, self._prompt):]
+        except BlockingIOError:
+            return   # full: poll() says when there is room again
+        except OSError:
+            pass     # the child exited without reading it all: its result will say why
+        self._close("_stdin")
+
+    def _read_stdout(self) -> None:
+        data = self._read("_stdout")
+        if data is None:
+            return
+        if not data:
+            if self._partial:
+                self._lines.append(bytes(self._partial))
+            self._lines.append(b"")
+            return
+        last = data.rfind(b"\n")
+        if last < 0:
+            self._partial += data
+            return
+        self._partial += data[:last]
+        self._lines.extend(line + b"\n" for line in bytes(self._partial).split(b"\n"))
+        self._partial = bytearray(data[last + 1:])
+
+    def _read_stderr(self) -> None:
+        data = self._read("_stderr")
+        if data:
+            self._add_to_tail(data)
+
+    def _drain_stderr(self) -> None:
+        while self._stderr >= 0:
+            data = self._read("_stderr")
+            if not data:
+                return   # EOF (closed), or a stray outside the tree still holds it
+            self._add_to_tail(data)
+
+    def _read(self, name: str) -> Optional[bytes]:
+        """A chunk from the pipe named; b"" at EOF (the pipe is closed then); None when
+        nothing is there yet."""
+        try:
+            data = os.read(getattr(self, name), 65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self._close(name)
+        return data
+
+    def _close(self, name: str) -> None:
+        fd = getattr(self, name)
+        if fd >= 0:
+            setattr(self, name, -1)
+            os.close(fd)
+
+    def _read_guard(self) -> None:
+        for word, rest in self._link.replies_now():
             if word == "exited":
-                return int(rest)
-            if word == "note":
+                self._code, self.usage = guard.parse_exited(rest)
+            elif word == "note":
                 self._add_to_tail(rest.encode("utf-8") + b"\n")
-            elif word is None:
-                break
-        # The guard died (killed, or failed) while the tree may still run. Or its socket
-        # failed here while it lives: then what it took in as a subreaper dies with it.
+            elif word is None and self._code is None:
+                self._code = self._guard_lost()
+
+    def _guard_lost(self) -> int:
+        """The guard died (killed, or failed) while the tree may still run, or its socket
+        failed here while it lives (then what it took in as a subreaper dies with it):
+        kill the tree from here; the exit code of a SIGKILL."""
         self._link.kill()
         pids = [self.pid] + tree_pids(self.pid)
         guard.kill_quietly(-self.pid, signal.SIGKILL)  # the child's process group
@@ -346,8 +415,7 @@ def _start_posix(exe: str, argv: list, env: dict, cwd: str, stdin_data: bytes,
     finally:
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
-    pipes = (open(stdin_w, "wb"), open(stdout_r, "rb"), open(stderr_r, "rb"))
-    return _GuardedChild(link, pid, pipes, stdin_data, grace)
+    return _GuardedChild(link, pid, (stdin_w, stdout_r, stderr_r), stdin_data, grace)
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,7 +428,94 @@ JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
 JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9  # the JOBOBJECTINFOCLASS value
 
 
-class _JobChild(Child):
+class _ThreadedChild(Child):
+    """A child whose pipes are fed and drained by threads, with one more thread blocked
+    until the tree is gone: for Windows, where select() does not work on pipes."""
+
+    def __init__(self, pid: int, stdin, stdout, stderr, stdin_data: bytes, grace: float):
+        super().__init__(pid, grace)
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._code: Optional[int] = None
+        self._lines: queue.Queue = queue.Queue()
+        self._at_eof = False
+        self._exited = threading.Event()
+        self._threads = [_daemon(self._feed_stdin, stdin_data, name="stdin"),
+                         _daemon(self._read_stdout, name="stdout"),
+                         _daemon(self._read_stderr, name="stderr"),
+                         # A thread blocked until the tree is gone reports it at once, where
+                         # a poll with sleeps (Popen.wait(timeout)) would lag.
+                         _daemon(self._wait_for_exit, name="wait")]
+
+    def read_line(self, timeout: float) -> Optional[bytes]:
+        if self._at_eof:
+            return b""
+        try:
+            line = self._lines.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        if not line:
+            self._at_eof = True
+        return line
+
+    def poll(self) -> Optional[int]:
+        return self._code if self._exited.is_set() else None
+
+    def wait(self, timeout: float) -> Optional[int]:
+        self._exited.wait(max(0.0, timeout))
+        return self.poll()
+
+    def close(self) -> None:
+        if self.poll() is None:
+            self.stop()
+        stdin_thread, stdout_thread, stderr_thread, _ = self._threads
+        stdin_thread.join(JOIN_WAIT)
+        # A pipe is closed only once its reader is done with it; a stray that escaped and
+        # still holds the pipe leaves a daemon thread behind instead of a crash.
+        for thread, pipe in ((stdout_thread, self._stdout), (stderr_thread, self._stderr)):
+            thread.join(JOIN_WAIT)
+            if not thread.is_alive():
+                pipe.close()
+
+    def _wait_tree(self) -> int:
+        """Block until the child and its tree are gone; return the exit code."""
+        raise NotImplementedError
+
+    def _wait_for_exit(self) -> None:
+        self._code = self._wait_tree()
+        self._exited.set()
+
+    def _feed_stdin(self, data: bytes) -> None:
+        # An OSError means the child exited without reading it all: its result will say why.
+        try:
+            if data:
+                self._stdin.write(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+
+    def _read_stdout(self) -> None:
+        try:
+            for line in iter(self._stdout.readline, b""):
+                self._lines.put(line)
+        except (OSError, ValueError):
+            pass
+        self._lines.put(b"")
+
+    def _read_stderr(self) -> None:
+        try:
+            for chunk in iter(lambda: self._stderr.read1(65536), b""):
+                self._add_to_tail(chunk)
+        except (OSError, ValueError):
+            pass
+
+
+class _JobChild(_ThreadedChild):
     """A child in a kill-on-close Job object; `pid` is the child's."""
 
     def __init__(self, proc: subprocess.Popen, win32, job, stdin_data: bytes, grace: float):

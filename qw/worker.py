@@ -8,10 +8,13 @@ claude-output modules, `qw.proctree` and `qw.probe`, nothing that touches run st
 the pipe means the runner is gone: the worker stops its child tree and exits (the guard
 does the same if the worker itself is killed).
 
-While a child runs, the worker samples its process tree (qw.probe: on POSIX the guard and
-everything under it) every USAGE_EVERY_S and once more when its output ends: the result
-carries the tree's peak RSS and CPU seconds, and progress the figures so far, from which
-the runner's admission control learns how much memory a running task still may take.
+While a child runs, the worker samples its process tree (qw.probe) every USAGE_EVERY_S,
+from USAGE_EVERY_S after its start: progress carries the figures so far, from which the
+runner's admission control learns how much memory a running task still may take. When the
+tree is gone, its guard reports what the kernel counted for every process it reaped (the
+largest peak RSS, all the CPU time); the result carries the larger of that and the samples.
+Where no guard reaps the tree (Windows), the tree is sampled once more when its output ends
+instead. A child that lives less than USAGE_EVERY_S thus costs no process-table walk.
 
 After a child that succeeded, the same attempt goes on here (issue 8):
 
@@ -108,8 +111,8 @@ class AttemptResult:
 
 PROGRESS_EVERY_S = 1.0
 POLL_S = 0.5   # longest a worker goes without checking for Cancel and deadlines
-# How often the child's tree is measured. A sample walks the process table (a few ms):
-# often enough to catch a peak that lasts a second, rare enough to cost nothing.
+# How often a running child's tree is measured. A sample walks the process table (a few
+# ms): often enough to catch a peak that lasts a second, rare enough to cost nothing.
 USAGE_EVERY_S = 0.5
 # How much of a failed verify's output the retry's prompt gets: enough for a traceback or a
 # compiler's errors, small next to the prompt itself.
@@ -214,8 +217,10 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
         with open(req.transcript, "ab") as transcript:
             stopped, cancel_reason = _stream(req, conn, child, state, transcript, started,
                                              meter)
-        meter.sample()   # the last look, before the tree is stopped or reaped
+        if child.guard_pid is None:   # no guard to count the tree: a last look, then
+            meter.sample()
         exit_code = _end(child, bool(stopped or cancel_reason), req.grace_s)
+        meter.add_final(child.usage)
         stderr_tail = child.stderr_tail()
     finally:
         child.close()
@@ -255,7 +260,8 @@ def _stream(req: AttemptRequest, conn, child, state, transcript, started: float,
     last_event = started
     # From the start, not 0: a task shorter than PROGRESS_EVERY_S sends no Progress at all.
     last_progress = started
-    next_sample = started
+    # A tree that has only just started holds nothing worth a walk of the process table.
+    next_sample = started + USAGE_EVERY_S
     while True:
         now = time.time()
         if now >= deadline:
@@ -556,6 +562,15 @@ class _Meter:
         # CPU time only grows; a process reaped between two looks can hide a moment's.
         self.cpu_s = max(self.cpu_s or 0.0, usage.cpu_s)
         return True
+
+    def add_final(self, usage: Optional[Tuple[float, float]]) -> None:
+        """Count the kernel's figures for the whole tree once it is gone: (the largest
+        process's peak RSS, MB; all its CPU seconds), or None when there are none."""
+        if usage is None:
+            return
+        peak_mb, cpu_s = usage
+        self.peak_rss_mb = round(max(self.peak_rss_mb or 0.0, peak_mb), 1)
+        self.cpu_s = round(max(self.cpu_s or 0.0, cpu_s), 2)
 
     def progress(self) -> Dict[str, object]:
         """The figures for a Progress message: RSS now, and CPU seconds so far."""

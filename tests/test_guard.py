@@ -51,6 +51,12 @@ class RawGuard:
         except socket.timeout:
             pytest.fail("no reply from the guard within %.0f s" % BOUND)
 
+    def exited(self):
+        """The next reply, which must be `exited`: (exit code, (peak RSS MB, CPU s))."""
+        word, _, rest = self.reply().decode().partition(" ")
+        assert word == "exited", (word, rest)
+        return guard.parse_exited(rest)
+
     def start(self, env: dict, *args: str, grace: float = 0.5):
         """Start the fake child; (the reply, a reader of its stdout and stderr)."""
         out_r, out_w = os.pipe()
@@ -85,8 +91,21 @@ def test_a_child_starts_prints_and_is_reported_exited(raw, marker):
     with out:
         assert reply.split()[0] == b"started"
         assert out.read() == b"line 0\nline 1\nbye\n"  # stderr went to the same pipe
-    assert raw.reply() == b"exited 3"
+    assert raw.exited()[0] == 3
     assert raw.close() == 0
+
+
+def test_exited_carries_what_the_kernel_counted_for_the_whole_tree(raw, marker):
+    # The child holds 60 MB and burns 0.3 s of CPU; an orphan it leaves behind (reaped by
+    # the guard, its subreaper) burns 0.3 s more. wait4 counts both, without any sampling.
+    reply, out = raw.start(marker.env, "burn", "60", "0.3")
+    with out:
+        assert reply.startswith(b"started ")
+        assert out.read() == b"done\n"
+    code, (peak_mb, cpu_s) = raw.exited()
+    assert code == 0
+    assert 60 <= peak_mb <= 120, peak_mb
+    assert cpu_s >= 0.55, cpu_s
 
 
 def test_a_bad_request_is_an_error_and_the_guard_serves_on(raw, marker):
@@ -100,7 +119,7 @@ def test_a_bad_request_is_an_error_and_the_guard_serves_on(raw, marker):
     with out:
         assert reply.startswith(b"started ")
         assert out.read() == b"line 0\nbye\n"
-    assert raw.reply() == b"exited 0"
+    assert raw.exited()[0] == 0
 
 
 def test_a_start_while_busy_is_refused_and_the_child_runs_on(raw, marker):
@@ -112,7 +131,7 @@ def test_a_start_while_busy_is_refused_and_the_child_runs_on(raw, marker):
         assert busy.startswith(b"error ")
         assert json.loads(busy.split(b" ", 1)[1])[0] == 16  # EBUSY
         raw.send(b"stop 1\n")
-        assert raw.reply() == b"exited %d" % (128 + signal.SIGINT)
+        assert raw.exited()[0] == (128 + signal.SIGINT)
 
 
 def test_a_shorter_stop_cuts_a_long_grace_short(raw, marker):
@@ -121,7 +140,7 @@ def test_a_shorter_stop_cuts_a_long_grace_short(raw, marker):
         assert out.readline() == b"ready\n"
         raw.send(b"stop 60\n")  # SIGINT, ignored: the guard waits out the grace...
         raw.send(b"stop 0.1\n")  # ...unless told otherwise meanwhile
-        assert raw.reply() == b"exited %d" % (128 + signal.SIGKILL)  # well within BOUND
+        assert raw.exited()[0] == (128 + signal.SIGKILL)  # well within BOUND
 
 
 def test_eof_while_stopping_still_ends_the_tree_then_the_guard(marker):
@@ -148,7 +167,7 @@ def test_a_signal_to_the_guard_stops_the_child_reports_it_and_ends_the_guard(raw
     with out:
         assert out.readline() == b"ready\n"
         raw.proc.send_signal(signal.SIGTERM)
-        assert raw.reply() == b"exited %d" % (128 + signal.SIGINT)
+        assert raw.exited()[0] == (128 + signal.SIGINT)
         assert raw.proc.wait(BOUND) == 0
 
 
@@ -183,7 +202,7 @@ def test_a_start_posix_spawn_refuses_is_einval_and_the_guard_serves_on(raw, mark
     with out:
         assert reply.startswith(b"started ")
         assert out.read() == b"line 0\nbye\n"
-    assert raw.reply() == b"exited 0"
+    assert raw.exited()[0] == 0
 
 
 # ps run by a process that is not a subreaper and has no children: nothing is a stray.

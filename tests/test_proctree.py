@@ -152,6 +152,26 @@ def test_unread_stdin_does_not_hang(marker):
         assert child.wait(BOUND) == 0
 
 
+def test_long_lines_a_last_line_without_newline_and_a_full_stderr(marker):
+    # 1 MB on one line, 1 MB of stderr before it (both far beyond a pipe's buffer, so
+    # neither can wait for the other), and output that ends without a newline.
+    with start(marker, "spew", str(1 << 20), str(1 << 20)) as child:
+        assert read_all(child) == [b"x" * (1 << 20) + b"\n", b"end"]
+        assert child.wait(BOUND) == 0
+        tail = child.stderr_tail()
+        assert tail.endswith("e\nlast words\n") and len(tail) == proctree.STDERR_TAIL_BYTES
+
+
+def test_the_end_of_a_tree_reports_its_peak_memory_and_cpu(marker):
+    # From the guard's wait4 figures, so even a child gone before anyone looked is counted.
+    with start(marker, "burn", "40", "0.2") as child:
+        assert child.usage is None   # not before the tree is gone
+        assert read_all(child) == [b"done\n"]
+        assert child.wait(BOUND) == 0
+        peak_mb, cpu_s = child.usage
+        assert 40 <= peak_mb <= 100 and cpu_s >= 0.35, child.usage
+
+
 def test_a_missing_command_is_file_not_found(marker):
     with pytest.raises(FileNotFoundError):
         proctree.start_child(["no-such-command-qw"], env=marker.env, cwd=os.getcwd(),
