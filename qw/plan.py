@@ -179,17 +179,24 @@ def _tails(path: str) -> List[str]:
 
 def _dirs(path: str) -> List[str]:
     """Every directory above a path: "a/b/c.ts" -> ["a", "a/b"]."""
-    return [path[:i] for i, ch in enumerate(path) if ch == "/" and i > 0]
+    dirs = []
+    cut = path.find("/", 1)
+    while cut != -1:
+        dirs.append(path[:cut])
+        cut = path.find("/", cut + 1)
+    return dirs
 
 
 class _FileIndex:
     """The declared paths seen so far and the position of their latest declarer,
-    indexed by every tail and every directory so that a lookup costs O(path depth)."""
+    indexed by every tail (and, with `dirs`, every directory) so that a lookup costs
+    O(path depth)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dirs: bool) -> None:
         self._by_tail: Dict[str, Dict[str, int]] = {}  # tail -> {declared path: position}
         self._by_dir: Dict[str, Dict[str, int]] = {}   # directory -> {declared path: position}
         self._tails: Dict[str, Tuple[str, ...]] = {}   # path -> its shorter tails
+        self._dirs = dirs
 
     def _shorter_tails(self, path: str) -> Tuple[str, ...]:
         tails = self._tails.get(path)
@@ -201,13 +208,15 @@ class _FileIndex:
         self._by_tail.setdefault(path, {})[path] = position
         for tail in self._shorter_tails(path):
             self._by_tail.setdefault(tail, {})[path] = position
-        for directory in _dirs(path):
-            self._by_dir.setdefault(directory, {})[path] = position
+        if self._dirs:
+            for directory in _dirs(path):
+                self._by_dir.setdefault(directory, {})[path] = position
 
     def declarers(self, path: str, under: bool = False) -> List[Tuple[int, str]]:
         """(position, declared path) of the latest earlier declarers a task touching
-        `path` (or, with `under`, anything under the directory `path`) must wait for,
-        nearest first, leaving out those a later declarer already waits for."""
+        `path` (or, with `under` and an index of directories, anything under the
+        directory `path`) must wait for, nearest first, leaving out those a later declarer
+        already waits for."""
         found = dict(self._by_tail.get(path, {}))  # declared paths ending with `path`
         for tail in self._shorter_tails(path):     # declared paths `path` ends with
             position = self._by_tail.get(tail, {}).get(tail)
@@ -298,7 +307,8 @@ class _Builder:
 
     def infer(self, explicit_only: bool, serial: bool) -> None:
         """`infer` (rules 1-5 of DESIGN §3) or, with `explicit_only`, `_Depends:` alone."""
-        index = _FileIndex()
+        # Only a `_Leverage:` looks files up by directory: index them only for a spec that has one.
+        index = _FileIndex(dirs=any(task.leverage for task in self.by_id.values()))
         previous: Optional[Task] = None
         for leaf in self.leaves:
             scope = (leaf,) + tuple(self.by_id[g] for g in self.ancestors[leaf.id])

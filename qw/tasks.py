@@ -96,6 +96,7 @@ _FIELD = re.compile(
     r"[ \t]*(?P<close>[_*]{0,2})[ \t]*:(?P<value>.*)$",
     re.IGNORECASE,
 )
+_BULLET_PREFIX = re.compile(r"^[ \t]*[-*+][ \t]+")
 _FIELD_NAMES = {"file(s)": "files", "file": "files", "files": "files",
                 "requirement": "requirements", "requirements": "requirements",
                 "dependson": "depends", "depends on": "depends", "depends_on": "depends",
@@ -156,20 +157,22 @@ class _Block:
     lines: List[str]
 
 
-def _split_lines(text: str) -> List[Tuple[int, str]]:
-    """(offset, content) per line; content without its line ending, line 1 without a BOM."""
-    result = []
-    offset = 0
-    for raw in text.split("\n"):
-        start = offset
-        offset += len(raw) + 1
-        if not result and raw.startswith("\ufeff"):
-            raw = raw[1:]
-            start += 1
-        if raw.endswith("\r"):
-            raw = raw[:-1]
-        result.append((start, raw))
-    return result
+def _split_lines(text: str) -> List[str]:
+    """The lines of the text without their line endings, line 1 without a BOM."""
+    lines = text.split("\n")
+    if lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _line_offsets(text: str) -> List[int]:
+    """The offset in `text` of each line's first character (after the BOM on line 1)."""
+    offsets = [1 if text.startswith("\ufeff") else 0]
+    end = text.find("\n")
+    while end != -1:
+        offsets.append(end + 1)
+        end = text.find("\n", end + 1)
+    return offsets
 
 
 def _columns(line: str) -> int:
@@ -205,24 +208,27 @@ def _closes_opaque(region: Tuple[str, int], line: str) -> bool:
     return stripped.startswith(kind * length) and not stripped.strip(kind)
 
 
-def _scan(text: str, path: str) -> List[_Block]:
-    """Cut the text into task blocks; raise on duplicate ids and unnumbered top-level items."""
+def _scan(lines: List[str], path: str) -> List[_Block]:
+    """Cut the lines into task blocks; raise on duplicate ids and unnumbered top-level items."""
     blocks: List[_Block] = []
     first_line: Dict[str, int] = {}
     current: Optional[_Block] = None
     region: Optional[Tuple[str, int]] = None
     region_in_block = False
-    for number, (_, line) in enumerate(_split_lines(text), 1):
+    for number, line in enumerate(lines, 1):
         if region is not None:
             if region_in_block and current is not None:
                 current.lines.append(line)
             if _closes_opaque(region, line):
                 region = None
             continue
-        opens = _opens_opaque(line)
-        indent = _columns(line)
-        checkbox = None if opens else _CHECKBOX.match(line)
+        # Only a line whose first character after the indentation is one of "-*+" (and that
+        # holds a "[") can be a checkbox, "#" a heading, and "`~<" a fence or a comment: on
+        # the other lines (most of a spec) the patterns need not run.
+        first = line.lstrip()[:1]
+        checkbox = _CHECKBOX.match(line) if first in "-*+" and "[" in line else None
         if checkbox:
+            indent = _columns(line)
             numbered = _TASK_ID.match(checkbox.group("rest"))
             if numbered:
                 task_id = numbered.group("id").replace("\\", "")
@@ -246,7 +252,10 @@ def _scan(text: str, path: str) -> List[_Block]:
                 f"{path}:{number}",
                 _TASK_NUMBER_FIX + " (or indent it under a task as a checklist)",
             )
-        if line.strip() and (_HEADING.match(line) or (indent == 0 and not _BULLET.match(line))):
+        opens = _opens_opaque(line) if first in "`~<" else None
+        at_column_0 = not line.startswith((" ", "\t"))
+        if first and ((first == "#" and _HEADING.match(line))
+                      or (at_column_0 and not _BULLET.match(line))):
             current = None
         elif current is not None:
             current.lines.append(line)
@@ -284,14 +293,11 @@ def _is_path(token: str) -> bool:
     return bool(named) and named.group("ext").lower() in _EXTENSIONS
 
 
-_TOKEN_SEPARATORS = re.compile(r"[\s,]+")
-
-
 def _path_tokens(text: str) -> List[str]:
-    """The path-like tokens of free text, in order."""
+    """The path-like tokens of free text (separated by whitespace or commas), in order."""
     # Most words of a title hold neither "/" nor ".": no path, so no cleaning (it adds up
     # on a 10,000-task spec).
-    tokens = (_clean_token(t) for t in _TOKEN_SEPARATORS.split(text) if "/" in t or "." in t)
+    tokens = (_clean_token(t) for t in text.replace(",", " ").split() if "/" in t or "." in t)
     return [t for t in tokens if _is_path(t)]
 
 
@@ -331,25 +337,25 @@ def _read_fields(block: _Block, path: str) -> dict:
     first_at: Dict[str, int] = {}
     nested_under: Optional[int] = None   # indent of a `_Prompt:` or bare `Files:` line
     nested_kind = ""
-    for offset, line in enumerate(block.lines[1:], 1):
-        number = block.line + offset
-        indent = _columns(line)
+    for number, line in enumerate(block.lines[1:], block.line + 1):
         if nested_under is not None:
             if not line.strip():
                 continue
-            if indent > nested_under:
+            if _columns(line) > nested_under:
                 if nested_kind == "files":
-                    files.extend(_declared_paths(re.sub(r"^[ \t]*[-*+][ \t]+", "", line)))
+                    files.extend(_declared_paths(_BULLET_PREFIX.sub("", line)))
                 continue  # text nested under _Prompt: is prompt text, not fields
             nested_under = None
-        match = _FIELD.match(line)
+        # A field line holds a colon; the field pattern is slow to refuse a line of prose
+        # (it tries every field name at several places), so it runs only on those.
+        match = _FIELD.match(line) if ":" in line else None
         if not match:
             continue
         name = match.group("name").lower()
         name = _FIELD_NAMES.get(name, name)
         value = _field_value(match)
         if name == "prompt" or (name == "files" and not value):
-            nested_under, nested_kind = indent, name
+            nested_under, nested_kind = _columns(line), name
         if name == "files":
             files.extend(_declared_paths(value))
         elif name == "leverage":
@@ -391,12 +397,16 @@ def _single_field(name: str, value: str, task_id: str, path: str, number: int):
     return value.strip().strip("`") if name == "agent" else value
 
 
-def _task_refs(block: _Block) -> Tuple[str, ...]:
-    """Ids the block mentions as "task N" (not its own), first mention first."""
+def _task_refs(text: str, task_id: str) -> Tuple[str, ...]:
+    """Ids a task's block text mentions as "task N" (not its own), first mention first."""
+    # Most blocks never say "task", and searching for the pattern is slow. casefold, not
+    # lower: the pattern's IGNORECASE also reads "\u017f" (long s) as "s".
+    if "task" not in text.casefold():
+        return ()
     refs = []
-    for mention in _TASK_REF.finditer("\n".join(block.lines)):
+    for mention in _TASK_REF.finditer(text):
         refs.extend(_ID_ONLY.findall(mention.group(0)))
-    return tuple(r for r in _unique(refs) if r != block.id)
+    return tuple(r for r in _unique(refs) if r != task_id)
 
 
 def parse_tasks(text: str, path: str = "tasks.md") -> TaskList:
@@ -407,7 +417,7 @@ def parse_tasks(text: str, path: str = "tasks.md") -> TaskList:
     """
     if not text.lstrip("\ufeff").strip():
         raise SpecError("tasks file is empty", path, _ADD_TASKS_FIX)
-    blocks = _scan(text, path)
+    blocks = _scan(_split_lines(text), path)
     if not blocks:
         raise SpecError("no tasks found", path, _ADD_TASKS_FIX)
     parents: Dict[str, Optional[str]] = {}
@@ -427,12 +437,13 @@ def parse_tasks(text: str, path: str = "tasks.md") -> TaskList:
     for block in blocks:
         fields = _read_fields(block, path)
         fields["files"] = _unique(fields["files"] + _path_tokens(block.title))
+        block_text = "\n".join(block.lines)
         tasks.append(Task(
             id=block.id, title=block.title, mark=block.mark, line=block.line,
             end_line=block.line + len(block.lines) - 1, indent=block.indent,
             parent=parents[block.id], children=tuple(children.get(block.id, ())),
-            block="\n".join(block.lines), details=tuple(block.lines[1:]),
-            task_refs=_task_refs(block), **fields,
+            block=block_text, details=tuple(block.lines[1:]),
+            task_refs=_task_refs(block_text, block.id), **fields,
         ))
     return TaskList(path, tuple(tasks))
 
@@ -455,9 +466,9 @@ def checkbox_marks(text: str, path: str = "tasks.md") -> Dict[str, Tuple[str, in
     Lighter than parse_tasks (no fields are read): what a writer of checkboxes needs. Raises
     SpecError for duplicate ids or an unnumbered top-level checkbox, as parse_tasks does.
     """
-    lines = _split_lines(text)
-    return {block.id: (block.mark, lines[block.line - 1][0] + block.mark_column)
-            for block in _scan(text, path)}
+    offsets = _line_offsets(text)
+    return {block.id: (block.mark, offsets[block.line - 1] + block.mark_column)
+            for block in _scan(_split_lines(text), path)}
 
 
 def with_marks(text: str, marks: Dict[int, str]) -> str:

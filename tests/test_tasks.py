@@ -284,6 +284,37 @@ def test_task_references():
     assert task.task_refs == ("2", "1", "3", "4.1", "6", "7", "8.2")
 
 
+def test_task_references_in_any_case():
+    # Matching ignores case as Python's re does: "\u017f" (long s) is an "s" and
+    # "\u212a" (Kelvin sign) a "k".
+    task = one("- [ ] 5. T\n  - after TASK 1, ta\u017fk 2 and tas\u212a 3\n  - no mention here\n")
+    assert task.task_refs == ("1", "2", "3")
+    assert one("- [ ] 5. T\n  - nothing to wait for\n").task_refs == ()
+
+
+def test_what_starts_a_line_decides_what_it_is():
+    # A comment opened after any whitespace hides the checkboxes in it; a bullet or
+    # prose is a detail of the task above it when indented, and ends the task at column 0.
+    text = ("- [ ] 1. One\n"
+            "  \u00a0<!-- later:\n"
+            "- [ ] 2. Not yet\n"
+            "-->\n"
+            "  plain detail\n"
+            "\t- [ ] a checklist item\n"
+            "- a bullet at column 0\n"
+            "Prose at column 0\n"
+            "  not a detail any more\n"
+            "- [ ] 3. Three\n"
+            "   # a heading\n"
+            "  after the heading\n")
+    tasks = parse_tasks(text)
+    assert [t.id for t in tasks] == ["1", "3"]
+    assert tasks["1"].details == ("  \u00a0<!-- later:", "- [ ] 2. Not yet", "-->",
+                                  "  plain detail", "\t- [ ] a checklist item",
+                                  "- a bullet at column 0")
+    assert tasks["3"].details == ()
+
+
 # --- malformed input --------------------------------------------------------------------
 
 def test_empty_file():
