@@ -270,6 +270,12 @@ class Design:
     path: str
     text: str
     sections: Tuple[Section, ...]
+    # The text as IGNORECASE sees it, for ASCII words: casefold also reads "\u017f" (long s)
+    # as "s" and "\u212a" (Kelvin) as "k"; re equates dotless "\u0131" with "i" too.
+    folded: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folded", self.text.casefold().replace("\u0131", "i"))
 
     def relevant(self, words: Iterable[str]) -> List[Section]:
         """Sections that mention any of `words` as a whole token, in document order.
@@ -277,8 +283,12 @@ class Design:
         Matching ignores case; "a.ts" matches "src/a.ts" but "1.1" does not match "11.1"
         or "1.10".
         """
-        patterns = [re.compile(r"(?<![\w.])" + re.escape(w.strip()) + r"(?!\w|\.\w)", re.I)
-                    for w in words if w and w.strip()]
+        # A word the text does not even contain needs no pattern: on a large spec most
+        # tasks' files are never named in design.md, and compiling a pattern for each of
+        # them was most of the cost of building the prompts.
+        present = (w.strip() for w in words if w and w.strip())
+        patterns = [re.compile(r"(?<![\w.])" + re.escape(w) + r"(?!\w|\.\w)", re.I)
+                    for w in present if not w.isascii() or w.lower() in self.folded]
         return [s for s in self.sections if any(p.search(s.text) for p in patterns)]
 
 

@@ -121,6 +121,14 @@ def test_relevant_sections(design):
     assert headings(["", "  "]) == []
 
 
+def test_relevant_sections_ignore_case_as_re_does_beyond_ascii():
+    # re's IGNORECASE reads "\u017f" as s, "\u212a" (Kelvin) as k and "\u0131" as i: a
+    # section spelled so still counts, however the words are looked for.
+    design = parse_design("# A\nnothing\n## Kit\nSee \u017frc/\u212a\u0131t.ts here\n")
+    assert [s.heading for s in design.relevant(["src/KIT.ts"])] == ["Kit"]
+    assert [s.heading for s in design.relevant(["src/kat.ts", "rc/kit.ts"])] == []
+
+
 def test_design_preamble_is_a_section():
     design = parse_design("Intro line.\n\n# First\nbody\n", "d.md")
     assert [(s.heading, s.level, s.line, s.text) for s in design.sections] == [
