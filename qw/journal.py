@@ -77,17 +77,22 @@ def write_error(exc: OSError, path: str) -> StateError:
                       "check that .qw/ is writable")
 
 
+# json.dumps builds a new encoder for every call with options other than its defaults;
+# the state owner encodes every transition, so one is built here, once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def encode_event(event: Dict[str, Any]) -> bytes:
     """One event as JSON on one line (JSON escapes newlines inside strings), no checksum."""
-    text = json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8") + b"\n"
+    return _ENCODER.encode(event).encode("utf-8") + b"\n"
 
 
-def encode_line(event: Dict[str, Any]) -> bytes:
-    """One journal line: `encode_event` with the crc32 of that text added as "c", last."""
+def encode_line(event: Dict[str, Any], encoded: Optional[bytes] = None) -> bytes:
+    """One journal line: `encode_event` with the crc32 of that text added as "c", last.
+    `encoded`: encode_event(event), when the caller has it already."""
     if not event:
         raise ValueError("an event has at least a type")
-    body = encode_event(event)[:-1]
+    body = (encoded if encoded is not None else encode_event(event))[:-1]
     return body[:-1] + b',"c":%d}\n' % zlib.crc32(body)
 
 
@@ -158,12 +163,13 @@ class Journal:
             self._release()
             raise
 
-    def append(self, event: Dict[str, Any]) -> None:
+    def append(self, event: Dict[str, Any], encoded: Optional[bytes] = None) -> None:
         """Append one event as one line (ValueError/TypeError if it is not JSON-able;
-        StateError, with the file unchanged, if it cannot be written)."""
+        StateError, with the file unchanged, if it cannot be written). `encoded`:
+        encode_event(event), when the caller has it already."""
         if self._fd is None:
             raise ValueError(f"journal {self.path} is closed")
-        self._append_line(encode_line(event))
+        self._append_line(encode_line(event, encoded))
         if event.get("type") == "run_ended":
             self.sync()
 

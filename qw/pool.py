@@ -3,20 +3,28 @@
 Exactly `size` workers, started once with the spawn start method on every OS. Each has a
 duplex pipe to the runner. `wait()` blocks on every pipe and every worker's sentinel
 together (as concurrent.futures.process does), so a worker that dies is noticed at once;
-it is replaced, and the attempt it was running is reported as a crash.
+it is replaced, and the attempt it was running is reported as a crash. The runner waits
+after every pass of its loop, so on POSIX one selector watches them for the whole run
+(multiprocessing's wait() would build and fill one on every call); Windows pipes cannot
+be selected, so there each wait() goes through multiprocessing's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import selectors
 import signal
 import socket
 import time
 from multiprocessing.connection import wait as mp_wait
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from qw.worker import AttemptRequest, AttemptResult, Cancel, worker_main
+
+
+PIPE, SENTINEL, WAKEUP = "pipe", "sentinel", "wakeup"   # what wait() watches
 
 
 class _Slot:
@@ -34,8 +42,13 @@ class Pool:
         self.size = size
         self.ctx = multiprocessing.get_context("spawn")
         self.slots: Dict[int, _Slot] = {}
-        self.extra_fds = list(extra_fds)   # e.g. the signal wake-up socket
         self.replaced = 0
+        # What wait() watches: {pipe, sentinel or extra fd (e.g. the signal wake-up
+        # socket): (PIPE | SENTINEL | WAKEUP, its worker's slot or None)}.
+        self._watched: Dict[Any, Tuple[str, Optional[_Slot]]] = {}
+        self._selector = selectors.DefaultSelector() if os.name == "posix" else None
+        for fd in extra_fds:
+            self._watch(fd, WAKEUP, None)
 
     def start(self) -> None:
         for worker_id in range(1, self.size + 1):
@@ -47,7 +60,26 @@ class Pool:
                                    name=f"qw-worker-{worker_id}", daemon=True)
         process.start()
         there.close()
-        return _Slot(worker_id, process, here)
+        slot = _Slot(worker_id, process, here)
+        self._watch(here, PIPE, slot)
+        self._watch(process.sentinel, SENTINEL, slot)
+        return slot
+
+    def _watch(self, obj: Any, kind: str, slot: Optional[_Slot]) -> None:
+        self._watched[obj] = (kind, slot)
+        if self._selector is not None:
+            self._selector.register(obj, selectors.EVENT_READ)
+
+    def _unwatch(self, obj: Any) -> None:
+        del self._watched[obj]
+        if self._selector is not None:
+            self._selector.unregister(obj)
+
+    def _ready(self, timeout: float) -> List[Any]:
+        """The watched objects readable within `timeout`."""
+        if self._selector is None:
+            return mp_wait(list(self._watched), timeout)
+        return [key.fileobj for key, _ in self._selector.select(timeout)]
 
     def idle(self) -> List[int]:
         return [w for w, s in self.slots.items() if s.request is None]
@@ -78,29 +110,33 @@ class Pool:
     def wait(self, timeout: float) -> List[Tuple[str, int, object]]:
         """Events within `timeout`: ("message", worker, msg), ("died", worker, request|None),
         ("wakeup", fd, None) for an extra fd that became readable."""
-        by_conn = {s.conn: s for s in self.slots.values()}
-        by_sentinel = {s.process.sentinel: s for s in self.slots.values()}
-        ready = mp_wait(list(by_conn) + list(by_sentinel) + self.extra_fds, timeout)
         events: List[Tuple[str, int, object]] = []
         dead: List[_Slot] = []
-        for obj in ready:
-            if obj in by_conn:
-                slot = by_conn[obj]
+        for obj in self._ready(timeout):
+            kind, slot = self._watched[obj]
+            if kind == PIPE:
                 try:
-                    while slot.conn.poll():
+                    # Readable: a message, or EOF (recv raises). After a result the worker
+                    # waits for its next request, so nothing more is looked for then.
+                    while True:
                         msg = slot.conn.recv()
+                        events.append(("message", slot.worker_id, msg))
                         if isinstance(msg, AttemptResult):
                             slot.request = None
-                        events.append(("message", slot.worker_id, msg))
+                            break
+                        if not slot.conn.poll():
+                            break
                 except (EOFError, OSError):
                     dead.append(slot)
-            elif obj in by_sentinel:
-                dead.append(by_sentinel[obj])
+            elif kind == SENTINEL:
+                dead.append(slot)
             else:
-                events.append(("wakeup", obj, None))
+                events.append((WAKEUP, obj, None))
         for slot in {id(s): s for s in dead}.values():
             if self.slots.get(slot.worker_id) is not slot:
                 continue
+            self._unwatch(slot.conn)
+            self._unwatch(slot.process.sentinel)
             slot.process.join(timeout=1.0)
             events.append(("died", slot.worker_id, slot.request))
             slot.conn.close()
@@ -123,6 +159,9 @@ class Pool:
             if slot.process.is_alive():
                 slot.process.kill()
                 slot.process.join(timeout=5.0)
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
 
 
 @contextlib.contextmanager

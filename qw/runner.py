@@ -33,7 +33,7 @@ from qw import __version__
 from qw.admission import Admission, Limits
 from qw.agents import agent_of, load_agents
 from qw.claude import build_command, build_env
-from qw.debuglog import open_log
+from qw.debuglog import NullLog, open_log
 from qw.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PAUSED, SpecError
 from qw.journal import new_run_id, newest_run_of
 from qw.lock import SpecLock
@@ -137,6 +137,11 @@ class _Run:
         self.unticked: List[str] = []   # done, task_done not journaled: tasks.md first
         # --debug / QW_DEBUG=1 / [logging] level = "debug": every transition, one JSON line.
         self.debug = open_log(config, qw_dir, run_id)
+        self.debugging = not isinstance(self.debug, NullLog)
+        # The children's environment starts from qw's own, as the run started: a plain
+        # copy, because building one from os.environ for each attempt decodes every
+        # variable again.
+        self.environ = dict(os.environ)
         self.by_id = {t.id: t for t in spec.tasks}
         timeouts = {t: self.by_id[t].timeout_s for t in targets
                     if self.by_id[t].timeout_s is not None}
@@ -165,6 +170,7 @@ class _Run:
         # in one call (_flush) instead of one round trip each.
         self.unsent: List[dict] = []
         self.unsent_progress: Dict[str, dict] = {}   # task -> its latest progress
+        self.deferred = False   # _wait left them unsent for a pass: events were waiting
 
     # ----- the run
 
@@ -219,18 +225,19 @@ class _Run:
             self._take_signals()
             self._cancel_if_asked()
             now = time.time()
+            # The results of the last pass start their successors first; tasks.md is
+            # written after, so that no attempt waits for that write.
             self._dispatch(now)
-            self._flush()   # before blocking: what happened so far is in the state
-            if self.sched.finished():
-                return
-            if self.killed_at is not None and \
-                    time.monotonic() - self.killed_at > KILLED_REPORT_S:
+            self._write_marks()   # once for every result of the last pass
+            if self.sched.finished() or (self.killed_at is not None and
+                                         time.monotonic() - self.killed_at > KILLED_REPORT_S):
+                self._flush()
                 return
             wakeup = self.sched.next_wakeup(now)
             timeout = LOOP_TICK_S if wakeup is None else max(0.0, min(LOOP_TICK_S, wakeup - now))
             if self.marks.dirty:   # a tasks.md write postponed by its spacing
                 timeout = min(timeout, max(0.0, self.marks.not_before - time.monotonic()))
-            for kind, worker_id, payload in self.pool.wait(timeout):
+            for kind, worker_id, payload in self._wait(timeout):
                 if kind == "wakeup":
                     try:
                         wake_r.recv(64)
@@ -244,8 +251,22 @@ class _Run:
                     self.reporter.progress(payload.task_id, payload.info)
                 elif isinstance(payload, AttemptResult):
                     self._settle(payload)
-            self._write_marks()   # once for every result of this pass
             self.reporter.tick(self.sched)
+
+    def _wait(self, timeout: float) -> list:
+        """The pool's next events, within `timeout`. Before the loop blocks, what it
+        gathered goes to the state owner. When events are waiting already, it goes with
+        the next pass's dispatch instead (one round trip where there were two), but it
+        waits no longer than that one pass, so a steady stream of messages holds nothing
+        back."""
+        if self.unsent or self.unsent_progress:
+            if not self.deferred:
+                events = self.pool.wait(0)
+                if events:
+                    self.deferred = True
+                    return events
+            self._flush()
+        return self.pool.wait(timeout)
 
     def _take_signals(self) -> None:
         """Act on Ctrl-C/SIGTERM: the first stops the run, the second kills its processes."""
@@ -348,8 +369,8 @@ class _Run:
                              agents=[agent] if agent else (), resume_session=session)
         prompt = build_fix_prompt(self.spec, task, *fix[1:], resumed=session is not None) \
             if fix else build_prompt(self.spec, task)
-        env = build_env(os.environ, self.config.claude, run_id=self.run_id, task_id=task.id,
-                        attempt=attempt)
+        env = build_env(self.environ, self.config.claude, run_id=self.run_id,
+                        task_id=task.id, attempt=attempt)
         verify, command = verify_argv(task, self.config.run, self.spec.paths.tasks)
         # Transcripts are numbered by start, which a usage-limited attempt (not counted
         # against the task) also is: `qw status` attempts and `qw logs --attempt` agree.
@@ -499,9 +520,10 @@ class _Run:
 
     def _record(self, event: dict) -> None:
         event.setdefault("t", time.time())
-        extra = {k: v for k, v in event.items() if k not in ("type", "task", "attempt")}
-        self.debug.debug(event["type"], task_id=event.get("task"), attempt=event.get("attempt"),
-                         **extra)
+        if self.debugging:
+            extra = {k: v for k, v in event.items() if k not in ("type", "task", "attempt")}
+            self.debug.debug(event["type"], task_id=event.get("task"),
+                             attempt=event.get("attempt"), **extra)
         self.unsent.append(event)
 
     def _flush(self) -> None:
@@ -510,6 +532,7 @@ class _Run:
             return
         events, self.unsent = self.unsent, []
         progress, self.unsent_progress = list(self.unsent_progress.items()), {}
+        self.deferred = False
         self.owner.proxy.record_many(events, progress)
 
     def _write_marks(self, force: bool = False) -> None:

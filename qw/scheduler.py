@@ -160,11 +160,12 @@ class Scheduler:
         out: List[Dispatch] = []
         committed = self.committed_mb()
         busy = bool(self.members[RUNNING])
-        for position in list(self.ready_positions):
-            if len(out) >= free_workers:
-                break
-            tid = self.targets[position]
+        ready = self.ready_positions
+        index = 0   # into `ready`, which loses each task started (no copy: it may be long)
+        while index < len(ready) and len(out) < free_workers:
+            tid = self.targets[ready[index]]
             if self.not_before.get(tid, 0.0) > now:
+                index += 1
                 continue
             agent = self.agents.get(tid)
             hold = self.admission.hold(snapshot, agent, committed)
@@ -174,6 +175,7 @@ class Scheduler:
                     self.waiting[tid] = hold
                 if hold.machine_wide and len(self.waiting) >= room:
                     break   # every task after it waits for the same
+                index += 1
                 continue
             estimate = self.admission.estimate_mb(agent)
             committed += estimate

@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from qw.admission import agent_key, remember
@@ -61,6 +61,8 @@ INTERRUPTED = "interrupted"  # error and outcome of an attempt cut short by a de
 SNAPSHOT_FORMAT = 1
 _SNAPSHOT_TAIL = re.compile(rb',"sha256":"([0-9a-f]{64})"\}\s*\Z')
 
+# One encoder for every snapshot (json.dumps would build one per call).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 # Statuses a `task_status` event may set; the others have events of their own.
 _SETTABLE = (PENDING, READY, BLOCKED, SKIPPED, DONE)
 # TaskRecord fields a snapshot keeps (progress is live-only).
@@ -123,6 +125,9 @@ class RunState:
         # Where the run's journal stood when the snapshot this state came from was written
         # (None: not known). Not state: a hint that lets a load read only the newer lines.
         self.journal_bytes: Optional[int] = None
+        # Not state either: each task's snapshot JSON and the record it encodes (records are
+        # replaced, never changed): a snapshot encodes only the tasks changed since the last.
+        self._task_json: Dict[str, Tuple[TaskRecord, str]] = {}
 
     # ----- the one way to change it
 
@@ -177,7 +182,7 @@ class RunState:
         self.started_at, self.ended_at = t, None
         self.run_status = self.exit_code = self.stop_reason = None
         self.paused_until = self.pause_reason = None
-        self.tasks = tasks
+        self.tasks, self._task_json = tasks, {}
 
     def _run_paused(self, e: Dict[str, Any], t: float) -> None:
         self._need_run("run_paused")
@@ -217,8 +222,8 @@ class RunState:
         elif rec.status == BLOCKED:
             error = None       # the block's reason no longer holds
         ended_at = t if status == DONE else rec.ended_at
-        self.tasks[rec.id] = replace(rec, status=status, error=error, next_try_at=None,
-                                     ended_at=ended_at, waiting=None)
+        self.tasks[rec.id] = _replace(rec, status=status, error=error, next_try_at=None,
+                                      ended_at=ended_at, waiting=None)
 
     def _task_waiting(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -227,8 +232,8 @@ class RunState:
         reason = e.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise ValueError(f"task_waiting for task {rec.id}: reason {reason!r} is not text")
-        self.tasks[rec.id] = replace(rec, status=READY if reason else PENDING,
-                                     waiting=reason or None)
+        self.tasks[rec.id] = _replace(rec, status=READY if reason else PENDING,
+                                      waiting=reason or None)
 
     def _attempt_started(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -237,7 +242,7 @@ class RunState:
         attempt = _need(e, "attempt")
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
             raise ValueError(f"attempt_started for task {rec.id}: bad attempt {attempt!r}")
-        self.tasks[rec.id] = replace(
+        self.tasks[rec.id] = _replace(
             rec, status=RUNNING, attempts=rec.attempts + 1, attempt=attempt,
             worker=e.get("worker"), started_at=t, ended_at=None, outcome=None,
             session_id=None, next_try_at=None, waiting=None, progress={})
@@ -255,7 +260,7 @@ class RunState:
             duration = max(0.0, t - (rec.started_at or t))
         ok = outcome == OK
         peak, cpu = _measure(e, "peak_rss_mb"), _measure(e, "cpu_s")
-        self.tasks[rec.id] = replace(
+        self.tasks[rec.id] = _replace(
             rec, status=RUNNING if ok else FAILED, outcome=outcome,
             error=rec.error if ok else (e.get("message") or outcome),
             duration_s=rec.duration_s + float(duration),
@@ -273,21 +278,21 @@ class RunState:
         rec = self._task(e)
         if rec.attempt_open:
             _illegal(e, rec)
-        self.tasks[rec.id] = replace(rec, status=DONE, error=None, next_try_at=None, ended_at=t)
+        self.tasks[rec.id] = _replace(rec, status=DONE, error=None, next_try_at=None, ended_at=t)
 
     def _task_failed(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
         if rec.attempt_open or rec.status == DONE:
             _illegal(e, rec)
-        self.tasks[rec.id] = replace(rec, status=FAILED, error=e.get("error") or rec.error,
-                                     next_try_at=None, ended_at=t)
+        self.tasks[rec.id] = _replace(rec, status=FAILED, error=e.get("error") or rec.error,
+                                      next_try_at=None, ended_at=t)
 
     def _retry_scheduled(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
         # After a failed attempt, or an ok one whose verdict is "again" (e.g. verify failed).
         if not (rec.status == FAILED or (rec.status == RUNNING and not rec.attempt_open)):
             _illegal(e, rec)
-        self.tasks[rec.id] = replace(rec, status=PENDING, next_try_at=_need(e, "not_before"))
+        self.tasks[rec.id] = _replace(rec, status=PENDING, next_try_at=_need(e, "not_before"))
 
     def _task_reset(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -298,8 +303,8 @@ class RunState:
             return
         if rec.status == DONE:
             _illegal(e, rec)   # only a hard reset forgets that a task was done
-        self.tasks[rec.id] = replace(rec, status=PENDING, attempts=0, attempt=0, error=None,
-                                     outcome=None, next_try_at=None, worker=None, waiting=None)
+        self.tasks[rec.id] = _replace(rec, status=PENDING, attempts=0, attempt=0, error=None,
+                                      outcome=None, next_try_at=None, worker=None, waiting=None)
 
     def _task_progress(self, e: Dict[str, Any], t: float) -> None:
         rec = self._task(e)
@@ -308,7 +313,7 @@ class RunState:
         if not isinstance(info, dict):
             raise ValueError(f"task_progress info for task {rec.id} is not a dict: {info!r}")
         if rec.attempt_open:
-            self.tasks[rec.id] = replace(rec, progress={**rec.progress, **info})
+            self.tasks[rec.id] = _replace(rec, progress={**rec.progress, **info})
 
     def _task(self, e: Dict[str, Any]) -> TaskRecord:
         task_id = _need(e, "task")
@@ -366,14 +371,27 @@ class RunState:
 
     def to_snapshot(self) -> Dict[str, Any]:
         """Everything but live progress, as JSON-able data; `from_snapshot` reads it back."""
+        return dict(self._run_fields(), tasks=[_fields(rec) for rec in self.tasks.values()])
+
+    def _run_fields(self) -> Dict[str, Any]:
+        """to_snapshot without its last key, "tasks"."""
         return {"format": SNAPSHOT_FORMAT, "spec": self.spec, "run_id": self.run_id,
                 "pid": self.pid, "started_at": self.started_at, "ended_at": self.ended_at,
                 "run_status": self.run_status, "exit_code": self.exit_code,
                 "stop_reason": self.stop_reason, "paused_until": self.paused_until,
                 "pause_reason": self.pause_reason, "seq": self.seq,
-                "memory_peaks": {k: list(v) for k, v in self.memory_peaks.items()},
-                "tasks": [{name: getattr(rec, name) for name in _RECORD_FIELDS}
-                          for rec in self.tasks.values()]}
+                "memory_peaks": {k: list(v) for k, v in self.memory_peaks.items()}}
+
+    def _tasks_json(self) -> str:
+        """to_snapshot()["tasks"] as compact JSON, re-encoding only the changed records."""
+        known = self._task_json
+        parts = []
+        for task_id, rec in self.tasks.items():
+            entry = known.get(task_id)
+            if entry is None or entry[0] is not rec:
+                entry = known[task_id] = (rec, _compact(_fields(rec)))
+            parts.append(entry[1])
+        return "[" + ",".join(parts) + "]"
 
     @classmethod
     def from_snapshot(cls, data: Any, where: Optional[str] = None) -> "RunState":
@@ -412,10 +430,11 @@ def encode_snapshot(state: "RunState", journal_bytes: Optional[int] = None) -> b
     """The snapshot file's bytes: `to_snapshot()` as compact JSON (plus `journal_bytes`,
     the length of the run's journal it covers, when given), with a last key "sha256"
     holding the sha256 of those very bytes without it (one serialisation)."""
-    data = state.to_snapshot()
+    # Compact JSON of a dict is its items' JSON in order: the body is put together in parts.
+    text = _compact(state._run_fields())[:-1] + ',"tasks":' + state._tasks_json()
     if journal_bytes is not None:
-        data["journal_bytes"] = journal_bytes
-    body = _compact(data).encode("utf-8")
+        text += ',"journal_bytes":' + _compact(journal_bytes)
+    body = (text + "}").encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
     return body[:-1] + b',"sha256":"' + digest.encode("ascii") + b'"}\n'
 
@@ -473,8 +492,12 @@ def _digest(body: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _compact(data: Dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+def _compact(data: Any) -> str:
+    return _ENCODER.encode(data)
+
+
+def _fields(rec: TaskRecord) -> Dict[str, Any]:
+    return {name: getattr(rec, name) for name in _RECORD_FIELDS}
 
 
 _HANDLERS = {
@@ -530,9 +553,17 @@ def mark_checked_done(state: RunState, checked: Iterable[str], now: float) -> Li
     return changed
 
 
+def _replace(rec: TaskRecord, **changes: Any) -> TaskRecord:
+    """dataclasses.replace(rec, **changes) without its walk over the fields on every call
+    (the state owner applies every transition through here). `changes` must name fields."""
+    new = object.__new__(TaskRecord)
+    new.__dict__.update(rec.__dict__, **changes)   # frozen: __setattr__ refuses
+    return new
+
+
 def _interrupted(rec: TaskRecord, t: float) -> TaskRecord:
-    return replace(rec, status=PENDING, error=INTERRUPTED, outcome=INTERRUPTED, worker=None,
-                   ended_at=t, next_try_at=None, progress={})
+    return _replace(rec, status=PENDING, error=INTERRUPTED, outcome=INTERRUPTED, worker=None,
+                    ended_at=t, next_try_at=None, progress={})
 
 
 def _measure(event: Dict[str, Any], key: str) -> Optional[float]:

@@ -39,6 +39,8 @@ from qw.journal import (FIX_REBUILD, Journal, JournalEvents, Writer, atomic_writ
 from qw.state import (DONE, RunState, Damaged, decode_snapshot, encode_snapshot,
                       mark_checked_done)
 
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
 SNAPSHOT_SPACING = 10.0   # a big state must not hold the state owner's lock most of the time
 STRICT, IN_MEMORY, REPAIR = "strict", "in_memory", "repair"
 RECOVER_MODES = (STRICT, IN_MEMORY, REPAIR)
@@ -118,9 +120,13 @@ class StateStore:
         run's journal with the next seq, and refresh the snapshot if it is due. StateError
         (a full disk...) if it cannot be journaled: then it is not applied either."""
         state = self._writable()
+        event = dict(event, seq=state.seq + 1)
+        encoded = encode_event(event)
         # Apply exactly what the journal will hold (JSON turns tuples into lists...), so
-        # that a replay rebuilds this very state.
-        event = json.loads(encode_event(dict(event, seq=state.seq + 1)))
+        # that a replay rebuilds this very state. An event of plain values reads back as
+        # it is: decoding it again would only cost time.
+        if not _plain(event):
+            event = json.loads(encoded)
         point, dirty = state.savepoint(event), self._dirty
         state.apply(event)
         self._dirty = True
@@ -130,7 +136,7 @@ class StateStore:
                 # Snapshot before the first journal line: the snapshot names the run whose
                 # journal load() must replay, so no line of the new run can be missed.
                 self._write_snapshot()
-            self._journal_for(state.run_id).append(event)
+            self._journal_for(state.run_id).append(event, encoded)
         except StateError:
             state.rollback(point)   # not on disk, so not in the state either
             self._dirty = dirty
@@ -312,3 +318,9 @@ class StateStore:
         # The journal holds every event; flush() and close() report a failure.
         with contextlib.suppress(StateError):
             self._write_snapshot()
+
+
+def _plain(event: Dict[str, Any]) -> bool:
+    """Every key a str and every value a str, int, float, bool or None (exactly those
+    types: a subclass may encode otherwise), so that JSON gives the event back as it is."""
+    return all(type(k) is str and type(v) in _PLAIN_TYPES for k, v in event.items())

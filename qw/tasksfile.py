@@ -17,7 +17,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import AbstractSet, Dict, Iterable, List, Optional, Tuple
 
 from qw.errors import SpecError
 from qw.journal import atomic_write
@@ -95,15 +95,18 @@ class TasksFile:
                     changes[offset] = (task_id, mark)
         if changes:
             text = with_marks(text, {offset: mark for offset, (_, mark) in changes.items()})
+            atomic_write(self.path, text.encode("utf-8"))
+            # Only once written: `present` may be the one remembered (see _current).
             for offset, (task_id, mark) in changes.items():
                 present[task_id] = (mark, offset)
-            atomic_write(self.path, text.encode("utf-8"))
             self._known = (_signature(self.path), text, present)
         return MarkResult(bool(changes), missing=missing)
 
     def _current(self) -> Tuple[str, Dict[str, Tuple[str, int]]]:
+        """The file's text and marks: those remembered (not a copy: sync changes them only
+        along with the file) while the file is the one last written, else read again."""
         if self._known is not None and self._known[0] == _signature(self.path):
-            return self._known[1], dict(self._known[2])
+            return self._known[1], self._known[2]
         self._known = None
         text = read_text(self.path)
         return text, checkbox_marks(text, self.path)
@@ -146,13 +149,12 @@ class RunMarks:
         """Something is waiting to be written and the spacing allows it (monotonic `now`)."""
         return bool(self.dirty) and now >= self.not_before
 
-    def write(self, finished: Iterable[str], now: float) -> MarkResult:
+    def write(self, finished: AbstractSet[str], now: float) -> MarkResult:
         """Write the changed tasks' marks and their groups' (`finished`: every task done so
         far, before or during the run). Mid-run: see TasksFile.sync."""
         states, self.dirty = self.dirty, {}
-        done = set(finished)
         for group_id in {g for t in states for g in self.ancestors.get(t, ())}:
-            states[group_id] = DONE if all(leaf in done for leaf in self.groups[group_id]) \
+            states[group_id] = DONE if all(leaf in finished for leaf in self.groups[group_id]) \
                 else OPEN
         result = None
         try:

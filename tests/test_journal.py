@@ -332,6 +332,19 @@ def test_an_illegal_event_is_neither_applied_nor_journaled(tmp_path):
     assert [e["seq"] for e in Journal.read(store.journal_path("r1"))] == [1, 2]
 
 
+def test_the_journal_holds_each_event_as_applied_and_replay_gives_the_live_state(tmp_path):
+    store = StateStore(str(tmp_path / ".qw"), "demo")
+    store.load()
+    for event in some_events():
+        store.record(dict(event, tasks=tuple(map(tuple, event["tasks"])))
+                     if event["type"] == "run_started" else event)
+    lines = Journal.read(store.journal_path("r1"))
+    with open(store.journal_path("r1"), "rb") as f:
+        assert f.read().splitlines(keepends=True)[1:] == [encode_line(e) for e in lines]
+    assert lines[0]["tasks"] == [["1", "One"], ["2", "Two"]]   # JSON's lists, as applied
+    assert replay(lines).to_snapshot() == store.state.to_snapshot()
+
+
 def test_a_newer_snapshot_is_refused_and_never_overwritten(tmp_path):
     qw = str(tmp_path / ".qw")
     os.makedirs(os.path.join(qw, "state"))

@@ -333,3 +333,15 @@ def test_nothing_waits_once_the_run_stops():
 def test_without_a_snapshot_admission_does_not_look_at_the_machine():
     s = admitting()
     assert started(s.dispatch(0.0, 4)) == ["1", "2", "3", "4"]
+
+
+def test_a_task_in_backoff_is_passed_over_and_the_ones_after_it_start():
+    sched = make(spec="".join(f"- [ ] {i}. Task {i}\n  - File: f{i}.py\n" for i in range(1, 7)),
+                 max_retries=1)
+    assert started(sched.dispatch(0.0, 2)) == ["1", "2"]
+    sched.settle("1", Outcome("overloaded", "529"), now=1.0)    # backoff: not before ~11 s
+    sched.settle("2", OK, now=1.0)
+    assert started(sched.dispatch(2.0, 3)) == ["3", "4", "5"]
+    assert sched.queued() == ["1", "6"]
+    assert started(sched.dispatch(3.0, 9)) == ["6"]
+    assert started(sched.dispatch(100.0, 9)) == ["1"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from qw.errors import StateError
-from qw.state import (SNAPSHOT_FORMAT, STATUSES, RunState, recover_interrupted, replay)
+from qw.state import (SNAPSHOT_FORMAT, STATUSES, RunState, decode_snapshot, encode_snapshot,
+                      recover_interrupted, replay)
 
 TASKS = [["1", "Create models"], ["2", "Add API"], ["3", "Write docs"]]
 
@@ -261,6 +264,20 @@ def test_a_snapshot_round_trips():
     assert again.to_snapshot() == live.to_snapshot()
     assert again.view()["tasks"][0]["progress"] == {}
     assert live.to_snapshot()["format"] == SNAPSHOT_FORMAT
+
+
+def test_each_snapshot_holds_the_state_as_it_is_then_even_as_tasks_change():
+    # A snapshot re-encodes only the tasks that changed since the one before: every
+    # snapshot along a run must still be exactly the state's JSON at that moment.
+    state = RunState()
+    for index, event in enumerate(_scenario() + [started(TASKS[:2], run_id="r2", t=200.0)]):
+        state.apply(event)
+        raw = encode_snapshot(state, journal_bytes=index)
+        body = dict(state.to_snapshot(), journal_bytes=index)
+        compact = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        assert raw.startswith(compact[:-1] + b',"sha256":"')
+        assert decode_snapshot(raw).to_snapshot() == state.to_snapshot()
+    assert [t["id"] for t in json.loads(raw)["tasks"]] == ["1", "2"]   # the new run's
 
 
 def test_a_snapshot_from_a_newer_qw_is_refused_with_a_message():
