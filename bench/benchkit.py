@@ -69,6 +69,15 @@ def machine(python: str = sys.executable) -> Dict[str, object]:
             "os": f"{platform.system()} {platform.release()}", "load": load()}
 
 
+def fresh_venv(path: str) -> str:
+    """The python of a new venv at `path` made from this interpreter: the standard library
+    and nothing else, so no site-packages `.pth` file (an editable install's finder, a
+    certificate hook) adds its import time to every process qw starts."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True,
+                   timeout=120)
+    return os.path.join(path, "bin", "python")
+
+
 def load() -> List[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -295,9 +304,10 @@ def _proc_table() -> Dict[int, int]:
 
 
 def _role(pid: int, root: int) -> Optional[str]:
-    """"runner", "guard" or "spawned" (the state owner or a worker: multiprocessing spawn
-    children) for one of qw's own Python processes; None for anything else (the claude
-    children and what they start)."""
+    """"runner", "guard", "helper" (multiprocessing's fork server or resource tracker) or
+    "spawned" (the state owner or a worker) for one of qw's own Python processes; None for
+    anything else (the claude children and what they start). A guard is started as
+    `python -c ... qw.guard` or forked from its worker (then it leads its own session)."""
     if pid == root:
         return "runner"
     try:
@@ -307,7 +317,14 @@ def _role(pid: int, root: int) -> Optional[str]:
         return None
     if b"qw.guard" in cmd:
         return "guard"
-    return "spawned" if b"multiprocessing" in cmd else None
+    if b"multiprocessing" not in cmd:
+        return None
+    if b"forkserver import main" in cmd or b"resource_tracker" in cmd:
+        return "helper"
+    try:
+        return "guard" if os.getsid(pid) == pid else "spawned"
+    except OSError:
+        return None
 
 
 def _owner_pid(repo: str) -> Optional[int]:
@@ -327,10 +344,11 @@ def _owner_pid(repo: str) -> Optional[int]:
 
 
 def _rss_and_cpu(pid: int) -> Tuple[int, float]:
-    """(resident bytes, CPU seconds so far) of one process; (0, 0.0) if it is gone."""
+    """(resident bytes, CPU seconds so far) of one process; (0, 0.0) if it is gone. The
+    resident bytes are its proportional share (PSS): qw's workers and guards are forks
+    that share their pages, which RSS would count once per process."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            rss = int(f.read().split()[1]) * PAGE
+        rss = _pss(pid)
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except (OSError, IndexError, ValueError):
@@ -339,11 +357,24 @@ def _rss_and_cpu(pid: int) -> Tuple[int, float]:
     return rss, (int(fields[11]) + int(fields[12])) / TICKS   # utime, stime
 
 
+def _pss(pid: int) -> int:
+    """Bytes: Pss from /proc/PID/smaps_rollup (Linux 4.14+), else RSS from statm."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
 class ProcessSampler:
     """Samples qw's own processes under `root` every `every` seconds, from a thread: the
     runner, the state owner, the workers and the guards (not the claude children).
 
-    `peak`: {"total", "runner", "owner", "workers", "guards"} RSS in bytes at the sample
+    `peak`: {"total", "runner", "owner", "workers", "guards", "helpers"} PSS in bytes at the sample
     where the total was highest. `cpu`: [(time.time(), runner CPU s, owner CPU s)] per
     sample, for the CPU each spends per task while the run goes (see cpu_per_task)."""
 
@@ -379,7 +410,7 @@ class ProcessSampler:
         while i < len(tree):
             tree.extend(children.get(tree[i], ()))
             i += 1
-        sums = {"runner": 0, "owner": 0, "workers": 0, "guards": 0}
+        sums = {"runner": 0, "owner": 0, "workers": 0, "guards": 0, "helpers": 0}
         cpu = {"runner": 0.0, "owner": 0.0}
         if self.owner is None:
             self.owner = _owner_pid(self.repo)
@@ -387,8 +418,8 @@ class ProcessSampler:
             role = _role(pid, self.root)
             if role == "spawned":
                 role = "owner" if pid == self.owner else "workers"
-            elif role == "guard":
-                role = "guards"
+            elif role in ("guard", "helper"):
+                role += "s"
             if role is None:
                 continue
             rss, seconds = _rss_and_cpu(pid)

@@ -28,7 +28,8 @@ def _attempt_rows(cost) -> List[Tuple[str, str]]:
         return f"{cost[key]['wall'] * 1000:.1f} ms / {cost[key]['cpu'] * 1000:.1f} ms"
     return [("one attempt, sequential, wall / CPU: plain subprocess", both("plain")),
             ("... under qw's guard (qw.proctree.start_child)", both("supervised")),
-            ("... of which the guard's interpreter and imports", both("guard_interpreter")),
+            ("a guard as a new interpreter, where it cannot be forked (once per worker)",
+             both("guard_interpreter")),
             ("... a bare `python -I -S -c pass`", both("python_I_S"))]
 
 
@@ -66,6 +67,8 @@ def render(results: Dict, verdicts: List, notes: List[str], info: Dict, command:
                          ("**per-task overhead** (definition below)", _ms(d["overhead_ms"])),
                          ("per-task overhead with the fixed cost spread over the tasks",
                           _ms(d.get("overhead_with_fixed_ms", d["overhead_ms"]))),
+                         ("the run's extra wall time per task: (qw wall − xargs wall) / tasks",
+                          _ms(d["wall_added_ms"]) if "wall_added_ms" in d else "-"),
                          ("in-run per-task overhead (no startup/shutdown)",
                           _ms(d["in_run_overhead_ms"])),
                          ("extra CPU per task (qw's tree - xargs's tree)",
@@ -73,7 +76,11 @@ def render(results: Dict, verdicts: List, notes: List[str], info: Dict, command:
                          ("CPU per task while the run goes: runner / state owner",
                           f"{d['runner_cpu_ms_per_task']:.1f} ms / "
                           f"{d['owner_cpu_ms_per_task']:.1f} ms"),
-                         ("qw fixed cost: 1 instant task at -j 8, wall", _s(d["fixed_s"])),
+                         (f"qw fixed cost: 1 instant task at -j {d['jobs']}, wall",
+                          _s(d["fixed_s"])),
+                         (f"qw fixed cost: {d['jobs']} instant tasks at -j {d['jobs']} (the "
+                          "whole pool starts), wall",
+                          _s(d["fixed_wave_s"]) if "fixed_wave_s" in d else "-"),
                          ("the fake claude alone", _ms(d["bare_child_ms"])),
                          ("one attempt as the worker times it (median)", _ms(d["attempt_ms"])),
                          ("runner -> worker -> runner messaging per attempt (median)",
@@ -86,11 +93,15 @@ def render(results: Dict, verdicts: List, notes: List[str], info: Dict, command:
         parts.append(f"## 2. Schedule efficiency\n\n{s['tasks']} tasks of {s['task_s']} s in "
                      f"{s['levels']} levels (each task needs two of the level above) at "
                      f"`-j {s['jobs']}`.\n\n" + _table([
-                         ("lower bound = max(critical path, work / workers)",
-                          _s(s["lower_bound_s"])),
+                         ("one task alone (the fake: a shell, `sleep 0.5`, `cat`), median",
+                          f"{s['task_own_s']:.3f} s" if "task_own_s" in s else "-"),
+                         ("lower bound = max(critical path, work / workers), of tasks "
+                          "that long", _s(s["lower_bound_s"])),
                          ("makespan: first dispatch -> last result (median)",
                           _s(s["makespan_s"])),
                          ("**makespan / lower bound**", f"{s['ratio']:.3f}"),
+                         (f"makespan / the bound for tasks of exactly {s['task_s']} s",
+                          f"{s['nominal_ratio']:.3f}" if "nominal_ratio" in s else "-"),
                          ("makespan from the first child's start (pool start left out)",
                           f"{_s(s['child_span_s'])}: {s['child_ratio']:.3f}x the bound"),
                          ("wall of `qw run` (startup, shutdown too)", _s(s["wall_s"])),
@@ -113,10 +124,11 @@ def render(results: Dict, verdicts: List, notes: List[str], info: Dict, command:
                  f"line listing every task {c['journal_started_bytes'] / 2**20:.2f} MiB, then "
                  f"{c['journal_bytes_per_task']:.0f} bytes per done task")]
         if peak:
-            rows.append(("peak RSS of qw's own processes (sum)",
+            rows.append(("peak memory of qw's own processes (sum of PSS: shared pages counted once)",
                          f"{mib(peak['total'])}: runner {mib(peak['runner'])}, state owner "
                          f"{mib(peak['owner'])}, workers {mib(peak['workers'])}, guards "
-                         f"{mib(peak['guards'])}"))
+                         f"{mib(peak['guards'])}, fork server and resource tracker "
+                         f"{mib(peak.get('helpers', 0))}"))
         for n, cost in sorted(costs.items(), key=lambda kv: int(kv[0])):
             rows.append((f"one transition at {n} tasks: StateStore.record / via the state "
                          f"owner / one snapshot write",
@@ -173,8 +185,10 @@ against the schedule's lower bound, and on a large spec. Produced by
 
     {command} --markdown BENCHMARKS.md
 
-(`bench/run` builds `qw.pyz` from the checkout into a temp dir, runs every case several
-times and prints medians; about 2-5 minutes; `--quick` for a smaller version). The tasks are
+(`bench/run` builds `qw.pyz` from the checkout into a temp dir, runs it with the Python of
+a fresh venv, as a user's copy would run (no `.pth` start-up hooks from a shared
+site-packages: `--python` picks another interpreter), runs every case several times and
+prints medians; about 2-5 minutes; `--quick` for a smaller version). The tasks are
 `bench/instant_claude`, a shell script standing in for `claude -p` (it reads the prompt,
 sleeps `$BENCH_TASK_SLEEP` seconds if set, prints an init line and a success result), except
 in case 5, which runs the real CLI against the tests' fake API. Every run pins `[run]
@@ -183,16 +197,19 @@ max_retries = 0` and `[plan] undeclared = "parallel"`.
 """
 
 OVERHEAD_DEFINITION = """
-**Per-task overhead** = ((qw wall − qw wall with 1 task) − (xargs wall − xargs wall with
-1 task)) × jobs / (tasks − 1): the extra worker-time each task adds under qw, compared with
-`xargs -P jobs` running the same command. What a run costs once whatever its size (the
-interpreter, the state owner and the pool starting, the final writes) is the fixed cost,
-reported on its own; the row "with the fixed cost spread over the tasks" is (qw wall −
-xargs wall) × jobs / tasks, the earlier definition, which for 500 tasks at -j 8 charges
-each task 16 ms per second of fixed cost. With 30-minute tasks, 5 ms per task is 0.0003 %.
-The in-run figure uses qw's journal (first dispatch → last
-result) instead of qw's wall time, so it leaves out the interpreter start, the pool's start
-and the shutdown (the fixed cost above). Extra CPU per task counts every process of each
-tree (runner, state owner, workers, guards and children against xargs and children), from
-`wait4`'s rusage; on a machine with fewer cores than jobs it, not the wall time, is the limit.
+**Per-task overhead** = ((qw wall − qw wall with `jobs` tasks) − (xargs wall − xargs wall
+with `jobs` tasks)) × jobs / (tasks − jobs): the extra worker-time each task adds under qw,
+compared with `xargs -P jobs` running the same command. What a run costs once whatever its
+size (the interpreter, the state owner and the whole pool starting, the final writes) is
+the fixed cost, reported on its own; the baseline is one wave of `jobs` tasks, not one task,
+because a run starts no more workers than it has tasks, and a one-task run would leave the
+start of seven workers in the slope. The row "with the fixed cost spread over the tasks" is
+(qw wall − xargs wall) × jobs / tasks, which for 500 tasks at -j 8 charges each task 16 ms
+per second of fixed cost; "the run's extra wall time per task" is the same difference
+divided by the tasks only, the way GNU parallel states its own overhead. With 30-minute
+tasks, 5 ms per task is 0.0003 %. The in-run figure uses qw's journal (first dispatch →
+last result) instead of qw's wall time, so it leaves out the interpreter start, the pool's
+start and the shutdown. Extra CPU per task counts every process of each tree (runner, state
+owner, workers, guards and children against xargs and children), from `wait4`'s rusage; on
+a machine with fewer cores than jobs it, not the wall time, is the limit.
 """

@@ -5,7 +5,8 @@
     python -I -S -c "...; from qw.guard import main; os._exit(main(sys.argv[2:]))" \\
         PKGROOT --sock FD
 
-and keeps it for every later child (one more guard per child running at the same time):
+(on Linux, from a process running no other thread, a fork of that process calling main()
+instead: qw.guardlink) and keeps it for every later child (one more guard per child running at the same time):
 
     owner ──Unix socket──► guard (own session, child subreaper)
                              └─ child (own process group) ─► its tree, setsid shells, orphans

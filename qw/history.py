@@ -58,8 +58,9 @@ class AttemptRecord:
     timeout_s: Optional[float] = None
     retried: bool = False         # a retry of the task was scheduled after it
     end_recorded: bool = False    # its attempt_ended is in the journal
-    input_tokens: int = 0         # from its transcript (History fills them in)
-    output_tokens: int = 0
+    # From its attempt_ended, else from its transcript (History fills them in then).
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
 
     @property
     def transcript(self) -> str:
@@ -114,8 +115,8 @@ class RunHistory:
     def totals(self) -> Dict[str, Any]:
         """The view's task counts and cost, with the attempts' tokens."""
         totals = dict(self.view.get("totals") or {})
-        totals["input_tokens"] = sum(a.input_tokens for a in self.attempts)
-        totals["output_tokens"] = sum(a.output_tokens for a in self.attempts)
+        totals["input_tokens"] = sum(a.input_tokens or 0 for a in self.attempts)
+        totals["output_tokens"] = sum(a.output_tokens or 0 for a in self.attempts)
         return totals
 
 
@@ -179,7 +180,9 @@ def build_run(run_id: str, events: Sequence[Dict[str, Any]], live: bool = False,
                 exit_code=_int(event.get("exit_code")),
                 session_id=_text(event.get("session_id")),
                 peak_rss_mb=_number(event.get("peak_rss_mb")),
-                cpu_s=_number(event.get("cpu_s")), end_recorded=True)
+                cpu_s=_number(event.get("cpu_s")), end_recorded=True,
+                input_tokens=_int(event.get("input_tokens")),
+                output_tokens=_int(event.get("output_tokens")))
             record["agent"] = _agent(event) or record["agent"]
         elif kind == "retry_scheduled" and isinstance(task, str) and task in last_of:
             last_of[task]["retried"] = True
@@ -267,8 +270,12 @@ class History:
         run_dir = os.path.join(self.runs_dir, run_id)
         attempts = []
         for a in history.attempts:
-            tokens = self._transcript_tokens(os.path.join(run_dir, a.transcript))
-            attempts.append(replace(a, input_tokens=tokens[0], output_tokens=tokens[1]))
+            # The attempt_ended of older journals, and attempts still running, do not say:
+            # their transcripts do.
+            if a.input_tokens is None or a.output_tokens is None:
+                tokens = self._transcript_tokens(os.path.join(run_dir, a.transcript))
+                a = replace(a, input_tokens=tokens[0], output_tokens=tokens[1])
+            attempts.append(a)
         history = replace(history, attempts=tuple(attempts))
         if not live:
             with self._lock:

@@ -1,7 +1,8 @@
 """The fixed pool of worker processes, as the runner sees it.
 
-Exactly `size` workers, started once with the spawn start method on every OS. Each has a
-duplex pipe to the runner. `wait()` blocks on every pipe and every worker's sentinel
+Exactly `size` workers, started once: on Linux forked by multiprocessing's fork server from
+a clean interpreter that has imported what a worker needs (qw.forkhost says why), with the
+spawn start method elsewhere. Each has a duplex pipe to the runner. `wait()` blocks on every pipe and every worker's sentinel
 together (as concurrent.futures.process does), so a worker that dies is noticed at once;
 it is replaced, and the attempt it was running is reported as a crash. The runner waits
 after every pass of its loop, so on POSIX one selector watches them for the whole run
@@ -17,6 +18,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -40,7 +42,7 @@ class Pool:
 
     def __init__(self, size: int, extra_fds: Tuple = ()):
         self.size = size
-        self.ctx = multiprocessing.get_context("spawn")
+        self.ctx = process_context()
         self.slots: Dict[int, _Slot] = {}
         self.replaced = 0
         # What wait() watches: {pipe, sentinel or extra fd (e.g. the signal wake-up
@@ -162,6 +164,19 @@ class Pool:
         if self._selector is not None:
             self._selector.close()
             self._selector = None
+
+
+def process_context():
+    """multiprocessing's context for a run's workers and state owner: a fork server on
+    Linux (qw.forkhost), spawn elsewhere (on macOS a fork without exec is unsafe once
+    system frameworks are loaded; Windows has no fork). The fork server is this process's,
+    started with its first worker, and kept for every later pool (a workflow runs several)
+    until the process exits."""
+    if not sys.platform.startswith("linux"):
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["qw.forkhost"])
+    return ctx
 
 
 @contextlib.contextmanager

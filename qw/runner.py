@@ -189,14 +189,14 @@ class _Run:
     def _execute(self, wake_r) -> None:
         try:
             # No more workers than tasks: one beyond that could never be given work, and
-            # each is an interpreter to start (DESIGN §8: qw's own cost must vanish). They
-            # start first, so that their interpreters boot while the state owner's does.
+            # each is a process to start (DESIGN §8: qw's own cost must vanish). They start
+            # first: the state owner is started the same way (qw.pool.process_context).
             self.workers = min(self.config.run.max_concurrent, len(self.sched.targets))
             self.pool = Pool(self.workers, extra_fds=(wake_r,))
             self.pool.start()
             self.owner = start_owner(self.qw_dir, self.spec.name, self.run_id,
                                      [self._run_started_event()],
-                                     tasks_path=self.spec.paths.tasks)
+                                     tasks_path=self.spec.paths.tasks, ctx=self.pool.ctx)
             for warning in self.owner.warnings:
                 self.reporter.note(warning)
             # What earlier runs measured: the memory estimates start from it.
@@ -410,7 +410,9 @@ class _Run:
                       "duration_s": round(result.ended_at - result.started_at, 3),
                       "session_id": outcome.session_id, "peak_rss_mb": result.peak_rss_mb,
                       "cpu_s": result.cpu_s, "agent": self.by_id[tid].agent,
-                      **({"changed_nothing": True} if result.changed_nothing else {})})
+                      **({"changed_nothing": True} if result.changed_nothing else {}),
+                      **({"input_tokens": result.tokens[0], "output_tokens": result.tokens[1]}
+                         if result.tokens else {})})
         settled = self.sched.settle(tid, outcome, time.time(), result.peak_rss_mb)
         decision = settled.decision
         state = self.sched.state[tid]

@@ -27,7 +27,8 @@ attempts and the CPU summed, and the run state the last few peaks per agent
 (`memory_peaks`, qw.admission's estimates). Those outlive `run_started`: a run starts from
 what earlier ones measured (as far as the snapshot goes: a state rebuilt from a journal
 alone knows only that run's). An ok attempt_ended with `changed_nothing: true` (the child
-succeeded without changing a file) marks the record, until its next attempt ends.
+succeeded without changing a file) marks the record, until its next attempt ends. Its
+`input_tokens` and `output_tokens` (what the child reported) are for qw.history alone.
 
 `task_reset` (written by `qw reset`) returns a task whose attempt is not open to pending:
 soft, it clears the attempts and the error (cost and duration stay: that money was spent);

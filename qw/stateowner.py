@@ -333,15 +333,16 @@ class OwnerHandle:
 
 def start_owner(qw_dir: str, spec: str, run_id: str,
                 initial_events: Iterable[Dict[str, Any]],
-                tasks_path: Optional[str] = None) -> OwnerHandle:
-    """Start the state owner of a run (spawn), load the spec's stored state into it and
-    record `initial_events` (which start run `run_id`). Damaged state is set aside and
-    rebuilt (with `tasks_path`'s checked tasks), saying so in the handle's `.warnings`.
-    Raises StateError if the stored state cannot be used (a newer qw's) or written; no
-    process is left running then."""
+                tasks_path: Optional[str] = None, ctx=None) -> OwnerHandle:
+    """Start the state owner of a run (a process of multiprocessing context `ctx`, spawn
+    by default), load the spec's stored state into it and record `initial_events` (which
+    start run `run_id`). Damaged state is set aside and rebuilt (with `tasks_path`'s
+    checked tasks), saying so in the handle's `.warnings`. Raises StateError if the
+    stored state cannot be used (a newer qw's) or written; no process is left running
+    then."""
     qw_dir = os.path.abspath(qw_dir)
     manager = StateOwnerManager(address=_listen_address(), authkey=os.urandom(32),
-                                ctx=multiprocessing.get_context("spawn"))
+                                ctx=ctx or multiprocessing.get_context("spawn"))
     manager.start(initializer=_open_owner,
                   initargs=(qw_dir, spec, run_id, [dict(e) for e in initial_events],
                             tasks_path))

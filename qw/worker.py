@@ -107,6 +107,8 @@ class AttemptResult:
     # ran) and the last VERIFY_TAIL_CHARS of its output, for the prompt of the retry.
     verify_exit_code: Optional[int] = None
     verify_tail: str = ""
+    # (input, output) tokens the child's output reported (None: no output was read).
+    tokens: Optional[Tuple[int, int]] = None
 
 
 PROGRESS_EVERY_S = 1.0
@@ -177,15 +179,16 @@ def worker_main(worker_id: int, conn) -> None:
 
 def _warm_up() -> None:
     """Before the first request: what the first attempt would otherwise wait for (the
-    modules an attempt uses, the probe, a guard ready), done while the run is still
-    starting its state owner, so that the first children start sooner."""
+    modules an attempt uses, a guard ready), done while the run is still starting its
+    state owner, so that the first children start sooner."""
     import importlib
 
     from qw import proctree
 
     for module in ("qw.claude", "qw.outcome"):
         importlib.import_module(module)
-    _probe()
+    # Not the probe (psutil): the first sample comes USAGE_EVERY_S into a child, so a run
+    # of quick children never needs it, and a long child can wait for its import.
     try:
         proctree.prepare()
     except OSError:
@@ -199,8 +202,6 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
     from qw.outcome import INTERRUPTED, Outcome, classify
     from qw.proctree import start_child
 
-    # The probe first: finding it (importing psutil) can take longer than a quick child lives.
-    probe = _probe()
     started = time.time()
     state = StreamState()
     os.makedirs(os.path.dirname(req.transcript), exist_ok=True)
@@ -212,7 +213,7 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
         return AttemptResult(req.task_id, req.attempt, Outcome(
             "crashed", f"could not start {req.argv[0]}: {e.strerror or e}"),
             None, started, time.time())
-    meter = _Meter(probe, child.pid)
+    meter = _Meter(child.pid)
     try:
         with open(req.transcript, "ab") as transcript:
             stopped, cancel_reason = _stream(req, conn, child, state, transcript, started,
@@ -247,7 +248,8 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
             ended = time.time()
     return AttemptResult(req.task_id, req.attempt, outcome, exit_code, started, ended,
                          stderr_tail, child.pid, meter.peak_rss_mb, meter.cpu_s,
-                         changed_nothing, verify_exit, verify_tail)
+                         changed_nothing, verify_exit, verify_tail,
+                         (state.input_tokens, state.output_tokens))
 
 
 def _stream(req: AttemptRequest, conn, child, state, transcript, started: float, meter):
@@ -542,8 +544,7 @@ def _end(child, stop_now: bool, grace_s: float) -> int:
 class _Meter:
     """The peak RSS and CPU seconds of one child's process tree, from repeated samples."""
 
-    def __init__(self, probe, pid: int):
-        self.probe = probe   # None: nothing can be measured here
+    def __init__(self, pid: int):
         self.pid = pid
         self.peak_rss_mb: Optional[float] = None
         self.cpu_s: Optional[float] = None
@@ -552,7 +553,8 @@ class _Meter:
     def sample(self) -> bool:
         """Measure the tree now; False when it cannot be seen (gone, or no probe)."""
         try:
-            usage = self.probe.tree_usage(self.pid) if self.probe is not None else None
+            probe = _probe()   # found on the first sample: None, nothing can be measured
+            usage = probe.tree_usage(self.pid) if probe is not None else None
         except Exception:   # a measurement must never cost the attempt
             usage = None
         if usage is None:

@@ -118,7 +118,8 @@ def open_session(prompt):
 def result(is_error=False, subtype="success", text="Done.", status=None, turns=2, cost=0.01):
     event = {"type": "result", "subtype": subtype, "is_error": is_error,
              "api_error_status": status, "duration_ms": 10, "num_turns": turns,
-             "session_id": SESSION["id"], "total_cost_usd": cost, "usage": {},
+             "session_id": SESSION["id"], "total_cost_usd": cost,
+             "usage": {"input_tokens": 1000 * turns, "output_tokens": 30 * turns},
              "permission_denials": [], "terminal_reason": "completed"}
     if subtype == "success":
         event["result"] = text

@@ -79,6 +79,25 @@ def test_the_report_of_a_real_run(tmp_path):
     assert "crashed" in page.all_text and "failed" in page.all_text
 
 
+def test_the_tokens_come_from_the_journal_without_the_transcripts(tmp_path):
+    # The run's end journals each attempt's tokens: the report (written as the run ends)
+    # need not open a transcript per attempt, and tells the same with them gone.
+    repo = QwRepo(tmp_path)
+    try:
+        run_id = make_finished_run(repo)
+    finally:
+        repo.check_no_leftovers()
+    ended = [e for e in repo.journal(run_id) if e["type"] == "attempt_ended"]
+    tokens = (sum(e["input_tokens"] for e in ended), sum(e["output_tokens"] for e in ended))
+    assert tokens[0] > 0 and tokens[1] > 0
+    qw_dir = repo.root / ".qw"
+    for transcript in (qw_dir / "runs" / run_id).glob("*.jsonl"):
+        if transcript.name != "events.jsonl":
+            transcript.unlink()
+    cards = Page(Path(write_report(str(qw_dir), run_id)).read_text()).cards()
+    assert cards["tokens in / out"] == f"{tokens[0]:,} / {tokens[1]:,}"
+
+
 def record_run(qw_dir: Path, title: str = "Plain", message: str = "broke",
                end_run: bool = True) -> str:
     """A run of spec `w` written with the state store: task 1 ok on worker 1, task 2

@@ -211,6 +211,54 @@ def test_the_child_runs_in_cwd_with_env_and_only_fds_0_1_2(marker, tmp_path):
         assert child.wait(BOUND) == 0
 
 
+@pytest.mark.parametrize("threads", [0, 1])
+def test_a_guard_is_a_fork_if_nothing_else_runs_else_a_new_interpreter(marker, tmp_path,
+                                                                        threads):
+    # Either way it is in a session of its own and holds nothing of its owner's but its
+    # socket: a copy of the owner's pipes would keep them from ever reading EOF.
+    held = open(tmp_path / "held", "w")
+    stop = threading.Event()
+    others = [threading.Thread(target=stop.wait) for _ in range(threads)]
+    for thread in others:
+        thread.start()
+    try:
+        link = guardlink.GuardLink()
+    finally:
+        stop.set()
+        for thread in others:
+            thread.join(BOUND)
+    try:
+        with open(f"/proc/{link.pid}/cmdline", "rb") as f:
+            assert (b"qw.guard" in f.read()) == bool(threads)
+        # (A fork is back here before it has let go of what it copied: it is given time.)
+        wait_until(lambda: os.getsid(link.pid) == link.pid, BOUND, "a session of its own")
+
+        def fds():
+            found = {}
+            for fd in os.listdir(f"/proc/{link.pid}/fd"):
+                try:
+                    found[fd] = os.readlink(f"/proc/{link.pid}/fd/{fd}")
+                except OSError:
+                    pass   # closed while we looked
+            return found
+        wait_until(lambda: str(tmp_path / "held") not in fds().values() and len(fds()) <= 6,
+                   BOUND, "only its socket (and its own pipe) beside 0, 1, 2")
+        # And it serves: a child runs under it and is reported gone.
+        out_r, out_w = os.pipe()
+        with open(os.devnull, "rb") as devnull:
+            pid = link.start(CHILD[0], CHILD + ["lines", "1", "4"], marker.env, os.getcwd(),
+                             0.5, (devnull.fileno(), out_w, out_w))
+        os.close(out_w)
+        with open(out_r, "rb") as out:
+            assert out.read() == b"line 0\nbye\n" and pid > 0
+        word, rest = link.read_reply(BOUND)
+        assert (word, guard.parse_exited(rest)[0]) == ("exited", 4)
+    finally:
+        held.close()
+        link.close()
+        assert link.proc.wait(BOUND) == 0   # EOF: it exits, and is reaped here
+
+
 def test_one_guard_serves_one_child_after_another(marker):
     guards = set()
     for code in (3, 0, 5):

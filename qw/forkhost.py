@@ -1,0 +1,31 @@
+"""What qw's workers and state owner are forked from, on Linux: multiprocessing's fork
+server imports this.
+
+A run starts its processes through a fork server (qw.pool.process_context): one fresh
+interpreter, started with the first worker, that imports this module and then forks a
+process for each request. A fork costs milliseconds where a spawned interpreter's start and
+imports cost a hundred or more (DESIGN §8: a run at -j 16 starts 17 of them, the state
+owner's on the way to the first task). The server is a clean process, not a fork of the
+runner: it holds none of the runner's threads, locks or files, which is why DESIGN §1 asks
+for spawn. Elsewhere they are spawned as before.
+
+Importing this module is for the fork server alone: it imports what the processes need, so
+that each fork starts with it, and makes the server ignore SIGTERM. multiprocessing already
+makes it ignore SIGINT; a SIGTERM to the process group (a service manager stopping qw) is
+for the runner to act on (DESIGN §1), and if it killed the server, the pool would take every
+worker for dead, since it learns of their exits through the server. The forks inherit the
+setting, which workers and the state owner choose anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes        # noqa: F401  (the guards forked from workers: guard.become_subreaper)
+import signal
+
+import qw.claude     # noqa: F401  (imported for the forks, as qw.worker._warm_up would)
+import qw.outcome    # noqa: F401
+import qw.proctree   # noqa: F401
+import qw.stateowner  # noqa: F401
+import qw.worker     # noqa: F401
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
