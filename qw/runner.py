@@ -225,8 +225,8 @@ class _Run:
             self._take_signals()
             self._cancel_if_asked()
             now = time.time()
-            # The results of the last pass start their successors first; tasks.md is
-            # written after, so that no attempt waits for that write.
+            # The results of the last pass start what they freed first (tasks.md is
+            # written first only for what a starting task needs), then tasks.md.
             self._dispatch(now)
             self._write_marks()   # once for every result of the last pass
             if self.sched.finished() or (self.killed_at is not None and
@@ -303,10 +303,15 @@ class _Run:
             self.reporter.note("pause over: starting tasks again")
         if not dispatches:
             return
-        if self.config.spec.mark_in_progress:
+        in_progress = self.config.spec.mark_in_progress
+        if in_progress:
             for d in dispatches:
                 self.marks.changed(d.task_id, MARK_RUNNING)
-            self._write_marks(force=True)   # `[-]` before the children start
+        # `[-]` before the children start; and a task starts only once what it needs is
+        # `[x]` in tasks.md, spacing or not: if qw is killed right after, the next run
+        # must not run that again (tasks.md is what it goes by).
+        if in_progress or self._needs_unwritten(dispatches):
+            self._write_marks(force=True)
         starts = []
         for d in dispatches:
             worker_id = idle.pop(0)
@@ -320,6 +325,14 @@ class _Run:
         for worker_id, req, task in starts:
             self.pool.submit(worker_id, req)
             self.reporter.attempt_started(req.task_id, req.attempt, worker_id, task.title)
+
+    def _needs_unwritten(self, dispatches) -> bool:
+        """Whether a task about to start depends on one whose `[x]` is not written yet."""
+        dirty = self.marks.dirty
+        return bool(dirty) and any(
+            dirty.get(leaf) == MARK_DONE
+            for d in dispatches for dep in self.plan.deps.get(d.task_id, ())
+            for leaf in self.plan.groups.get(dep, (dep,)))
 
     def _sample(self):
         """The machine as of at most SAMPLE_EVERY_S ago (None: no probe, or it failed)."""

@@ -50,12 +50,18 @@ class Page(HTMLParser):
         return " ".join(self.text)
 
 
-def test_the_report_of_a_real_run(tmp_path):
+@pytest.fixture
+def real_run(tmp_path) -> Tuple[QwRepo, str]:
+    """A repository and the id of a finished real run in it (make_finished_run)."""
     repo = QwRepo(tmp_path)
     try:
-        run_id = make_finished_run(repo)
+        return repo, make_finished_run(repo)
     finally:
         repo.check_no_leftovers()
+
+
+def test_the_report_of_a_real_run(real_run):
+    repo, run_id = real_run
     qw_dir = repo.root / ".qw"
     path = write_report(str(qw_dir), run_id)
     assert path == str(qw_dir / "runs" / run_id / REPORT_FILE)
@@ -79,14 +85,10 @@ def test_the_report_of_a_real_run(tmp_path):
     assert "crashed" in page.all_text and "failed" in page.all_text
 
 
-def test_the_tokens_come_from_the_journal_without_the_transcripts(tmp_path):
+def test_the_tokens_come_from_the_journal_without_the_transcripts(real_run):
     # The run's end journals each attempt's tokens: the report (written as the run ends)
     # need not open a transcript per attempt, and tells the same with them gone.
-    repo = QwRepo(tmp_path)
-    try:
-        run_id = make_finished_run(repo)
-    finally:
-        repo.check_no_leftovers()
+    repo, run_id = real_run
     ended = [e for e in repo.journal(run_id) if e["type"] == "attempt_ended"]
     tokens = (sum(e["input_tokens"] for e in ended), sum(e["output_tokens"] for e in ended))
     assert tokens[0] > 0 and tokens[1] > 0
