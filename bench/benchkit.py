@@ -226,8 +226,34 @@ def run_timed(argv: List[str], cwd: str, env: Dict[str, str], timeout: float,
     pid_status, usage = status if status is not None else (None, None)
     code = os.waitstatus_to_exitcode(pid_status) if pid_status is not None else None
     cpu = (usage.ru_utime + usage.ru_stime) if usage is not None else float("nan")
+    cpu += _reap_orphans(10.0)
     return Timed(wall, code, cpu, text, timed_out, sampler.peak if sampler else {},
                  sampler.cpu if sampler else [])
+
+
+def become_subreaper() -> None:
+    """Orphans of what this process starts are re-parented to it (Linux prctl 36), so
+    that their CPU time is counted too: qw's fork server and its forks are not children
+    of the process qw runs in, and outlive it by a moment."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
+def _reap_orphans(bound: float) -> float:
+    """Wait (at most `bound` seconds) for every child left to this process (orphans it
+    took in as a subreaper); the CPU seconds they and what they reaped used."""
+    cpu = 0.0
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            pid, _status, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            cpu += usage.ru_utime + usage.ru_stime
+        else:
+            time.sleep(0.01)
+    return cpu
 
 
 def _wait4(pid: int, timeout: float):
@@ -303,7 +329,7 @@ def _proc_table() -> Dict[int, int]:
     return table
 
 
-def _role(pid: int, root: int) -> Optional[str]:
+def _role(pid: int, root: int, ppid: Optional[int] = None) -> Optional[str]:
     """"runner", "guard", "helper" (multiprocessing's fork server or resource tracker) or
     "spawned" (the state owner or a worker) for one of qw's own Python processes; None for
     anything else (the claude children and what they start). A guard is started as
@@ -319,7 +345,8 @@ def _role(pid: int, root: int) -> Optional[str]:
         return "guard"
     if b"multiprocessing" not in cmd:
         return None
-    if b"forkserver import main" in cmd or b"resource_tracker" in cmd:
+    # The fork server's forks (workers, the state owner, guards) carry its command line.
+    if b"resource_tracker" in cmd or (b"forkserver import main" in cmd and ppid == root):
         return "helper"
     try:
         return "guard" if os.getsid(pid) == pid else "spawned"
@@ -415,7 +442,7 @@ class ProcessSampler:
         if self.owner is None:
             self.owner = _owner_pid(self.repo)
         for pid in tree:
-            role = _role(pid, self.root)
+            role = _role(pid, self.root, table.get(pid))
             if role == "spawned":
                 role = "owner" if pid == self.owner else "workers"
             elif role in ("guard", "helper"):

@@ -359,6 +359,19 @@ RUN_SPEC = """\
 """
 
 
+def test_the_cached_psutil_is_compiled_once_even_where_python_writes_no_bytecode(
+        bare_python, pyz, tmp_path):
+    # Under PYTHONDONTWRITEBYTECODE (some images set it) Python never writes __pycache__:
+    # without qw's own compile, every process would compile psutil's sources at import.
+    env = env_with(QW_CACHE_DIR=str(tmp_path / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    done = run([bare_python, pyz, "resources", "--json"], cwd=tmp_path, env=env)
+    assert json.loads(done.stdout)["backend"] == "psutil", done.stderr
+    (entry,) = (tmp_path / "cache").glob("psutil-*")
+    tag = sys.implementation.cache_tag
+    assert (entry / "psutil" / "__pycache__" / f"__init__.{tag}.pyc").is_file()
+    assert (entry / f"compiled-{tag}").is_file()
+
+
 @pytest.mark.parametrize("cache, backend", [("cache", "psutil"), ("file/qw", "stdlib")])
 def test_either_backend_drives_a_full_run(bare_python, pyz, tmp_path, cache, backend):
     """The issue's point: from the bundled psutil, or from the stdlib fallback when the
