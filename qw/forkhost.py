@@ -9,8 +9,9 @@ owner's on the way to the first task). The server is a clean process, not a fork
 runner: it holds none of the runner's threads, locks or files, which is why DESIGN §1 asks
 for spawn. Elsewhere they are spawned as before.
 
-Importing this module is for the fork server alone: it imports what the processes need, so
-that each fork starts with it, and makes the server ignore SIGTERM. multiprocessing already
+Importing this module is for the fork server alone: it imports what the processes need (the
+probe's psutil included), so that each fork starts with it, and makes the server ignore
+SIGTERM. multiprocessing already
 makes it ignore SIGINT; a SIGTERM to the process group (a service manager stopping qw) is
 for the runner to act on (DESIGN §1), and if it killed the server, the pool would take every
 worker for dead, since it learns of their exits through the server. The forks inherit the
@@ -29,3 +30,6 @@ import qw.stateowner  # noqa: F401
 import qw.worker     # noqa: F401
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
+# The probe (psutil) too: every worker needs it from USAGE_EVERY_S into its first child,
+# and eight importing it at the same moment would hold up the first children's ends.
+qw.worker._probe()
