@@ -3,7 +3,7 @@
     PhaseSession (one `qw new` / `qw workflow`)
        ├─ .qw/runs/<run-id>/workflow.jsonl        phase_started, attempt_*, phase_ended ...
        ├─ .qw/runs/<run-id>/<job>.<n>.jsonl        each attempt's stream-json transcript
-       └─ run(jobs) ─► Pool (spawn workers) ─► guard ─► `claude -p` (one per job, in parallel)
+       └─ run(jobs) ─► Pool (workers) ─► guard ─► `claude -p` (one per job, in parallel)
                   ◄── AttemptResult ── qw.policy.decide: retry / backoff / pause / fail
 
 A job is one child's work: a document phase (requirements, design, tasks), an analyst agent

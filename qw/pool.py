@@ -2,12 +2,13 @@
 
 Exactly `size` workers, started once: on Linux forked by multiprocessing's fork server from
 a clean interpreter that has imported what a worker needs (qw.forkhost says why), with the
-spawn start method elsewhere. Each has a duplex pipe to the runner. `wait()` blocks on every pipe and every worker's sentinel
-together (as concurrent.futures.process does), so a worker that dies is noticed at once;
-it is replaced, and the attempt it was running is reported as a crash. The runner waits
-after every pass of its loop, so on POSIX one selector watches them for the whole run
-(multiprocessing's wait() would build and fill one on every call); Windows pipes cannot
-be selected, so there each wait() goes through multiprocessing's.
+spawn start method elsewhere. Each has a duplex pipe to the runner. `wait()` blocks on
+every pipe and every worker's sentinel together (as concurrent.futures.process does), so a
+worker that dies is noticed at once; it is replaced, and the attempt it was running is
+reported as a crash. The runner waits after every pass of its loop, so on POSIX one
+selector watches them for the whole run (multiprocessing's wait() would build and fill one
+on every call); Windows pipes cannot be selected, so there each wait() goes through
+multiprocessing's.
 """
 
 from __future__ import annotations

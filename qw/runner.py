@@ -3,7 +3,7 @@
     runner (this process) ── the one loop that decides ──┐
        ├─ SpecLock .qw/locks/<spec>.lock                 │ Scheduler (pure) says what to start
        ├─ state owner process (journal + snapshot) ◄─────┤ every transition recorded there
-       ├─ Pool: N spawn workers ─► guard ─► claude -p    │ results and deaths come back here
+       ├─ Pool: N workers ─► guard ─► claude -p          │ results and deaths come back here
        └─ RunReporter (terminal) ◄───────────────────────┘
 
 Admission: while a worker is free and tasks are ready, the loop samples the machine (qw.probe,

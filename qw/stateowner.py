@@ -1,12 +1,13 @@
 """The state owner: one manager process that owns a run's state (DESIGN §1, §6).
 
     runner ─── StateServerProxy: record, progress, view, close ──┐
-    workers ── StateServerProxy (pickled to them at spawn) ──────┤   manager process
+    workers ── StateServerProxy (pickled to them at start) ──────┤   manager process
     qw status ─ connect_live() -> StateViewProxy: view only ─────┘   └ StateServer
                                                                          └ StateStore ─► .qw/
 
-This module is what runs in the manager process. It is started with the spawn method on
-every OS, so everything it runs is registered here at module level, never in __main__.
+This module is what runs in the manager process. It is started with the spawn method, or
+forked by a run's fork server on Linux (qw.pool.process_context), so everything it runs is
+registered here at module level, never in __main__.
 While it serves, it advertises itself in .qw/runs/<run-id>/owner.json (mode 0600: address,
 authkey, pid), found through the pointer .qw/state/<spec>.live; it withdraws both when it
 stops. It stops when shut down, or when its parent dies: it watches the parent's sentinel,
