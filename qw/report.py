@@ -6,6 +6,7 @@ TTY, timestamped lines otherwise) is `qw.runreport`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -38,14 +39,15 @@ def print_json(data: object, stream: Optional[TextIO] = None) -> None:
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     """A plain left-aligned text table; the last column is not padded."""
-    widths = [len(h) for h in header]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
+    all_rows = [tuple(header)] + [tuple(r) for r in rows]
+    # Column by column, not cell by cell: a 10,000-task status is 70,000 cells.
+    widths = [max(map(len, column)) for column in itertools.zip_longest(*all_rows,
+                                                                          fillvalue="")]
     lines = []
-    for row in [list(header)] + [list(r) for r in rows]:
-        cells = [c.ljust(widths[i]) if i < len(row) - 1 else c for i, c in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
+    for row in all_rows:
+        last = len(row) - 1
+        lines.append("  ".join([c.ljust(w) for c, w in zip(row[:last], widths)]
+                               + list(row[last:])).rstrip())
     return "\n".join(lines)
 
 

@@ -28,16 +28,12 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from qw.errors import LockHeld, StateError
 from qw.journal import atomic_write
-from qw.statestore import REPAIR, StateStore
+from qw.statestore import REPAIR, StateStore, live_pointer_path
 from qw.lock import pid_alive
 
 
 def owner_path(qw_dir: str, run_id: str) -> str:
     return os.path.join(qw_dir, "runs", run_id, "owner.json")
-
-
-def live_pointer_path(qw_dir: str, spec: str) -> str:
-    return os.path.join(qw_dir, "state", spec + ".live")
 
 
 class StateServer:

@@ -320,6 +320,12 @@ class StateStore:
             self._write_snapshot()
 
 
+def live_pointer_path(qw_dir: str, spec: str) -> str:
+    """The pointer a live run's state owner keeps to itself (qw.stateowner): there only
+    while a run of the spec is live, so its absence answers "is one live?" cheaply."""
+    return os.path.join(qw_dir, "state", spec + ".live")
+
+
 def _plain(event: Dict[str, Any]) -> bool:
     """Every key a str and every value a str, int, float, bool or None (exactly those
     types: a subclass may encode otherwise), so that JSON gives the event back as it is."""

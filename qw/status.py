@@ -82,6 +82,9 @@ def render_phase(view: Dict[str, object]) -> str:
 
 
 def _live_view(qw_dir: str, spec: str) -> Optional[Dict[str, object]]:
+    from qw.statestore import live_pointer_path
+    if not os.path.exists(live_pointer_path(qw_dir, spec)):
+        return None   # no run is live: no need for multiprocessing's managers (~60 ms)
     from qw.stateowner import connect_live
 
     proxy = connect_live(qw_dir, spec)
