@@ -28,8 +28,9 @@ import qw.outcome    # noqa: F401
 import qw.proctree   # noqa: F401
 import qw.stateowner  # noqa: F401
 import qw.worker     # noqa: F401
+from qw import vendor
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-# The probe (psutil) too: every worker needs it from USAGE_EVERY_S into its first child,
+# psutil too (the probe's): every worker needs it from USAGE_EVERY_S into its first child,
 # and eight importing it at the same moment would hold up the first children's ends.
-qw.worker._probe()
+vendor.import_psutil()

@@ -49,7 +49,8 @@ from qw.runstart import (check_claude_command, parked_tasks, sweep_previous_run,
 from qw.stateowner import start_owner
 from qw.tasksfile import OPEN, RunMarks, TasksFile, group_states, remove_stale_temps
 from qw.tasksfile import DONE as MARK_DONE, RUNNING as MARK_RUNNING
-from qw.worker import AttemptRequest, AttemptResult, Progress, change_pathspecs, verify_argv
+from qw.treewatch import change_pathspecs
+from qw.worker import AttemptRequest, AttemptResult, Progress, verify_argv
 
 LOOP_TICK_S = 0.5        # longest the loop sleeps without looking at the clock
 # How old a machine snapshot may be for admission. The 1-minute load moves slowly and a

@@ -19,8 +19,8 @@ instead. A child that lives less than USAGE_EVERY_S thus costs no process-table 
 After a child that succeeded, the same attempt goes on here (issue 8):
 
 - "changed nothing": when the repository is a git work tree, `git status` before the child
-  and after it (restricted to the task's declared files, if any) says whether the child
-  changed anything; the result carries the flag. Not a failure, a note for the user.
+  and after it (qw.treewatch) says whether the child changed anything; the result carries
+  the flag. Not a failure, a note for the user.
 - verify: the request's verify command runs under `start_child` (its tree supervised and
   stopped like the child's), in the repository with the child's environment and no input,
   its output (stdout and stderr together) saved next to the transcript. A non-zero exit or
@@ -34,7 +34,6 @@ import errno
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -64,7 +63,7 @@ class AttemptRequest:
     verify_timeout_s: float = 600.0
     verify_log: str = ""
     # git pathspecs whose changes tell whether the child changed anything (see
-    # change_pathspecs); None: do not look.
+    # qw.treewatch.change_pathspecs); None: do not look.
     watch: Optional[Tuple[str, ...]] = None
 
 
@@ -119,8 +118,6 @@ USAGE_EVERY_S = 0.5
 # How much of a failed verify's output the retry's prompt gets: enough for a traceback or a
 # compiler's errors, small next to the prompt itself.
 VERIFY_TAIL_CHARS = 4000
-# `git status` in a big tree takes well under a second; past this, the check is skipped.
-GIT_STATUS_TIMEOUT_S = 30.0
 # Runs the verify command with its stderr merged into its stdout (one pipe: the log holds
 # both in the order they were written), then becomes it (POSIX) or waits for it (Windows,
 # whose exec starts a new process and loses the exit code). -I -S: nothing of the user's
@@ -201,6 +198,7 @@ def run_attempt(req: AttemptRequest, conn) -> AttemptResult:
     from qw.claude import StreamState
     from qw.outcome import INTERRUPTED, Outcome, classify
     from qw.proctree import start_child
+    from qw.treewatch import tree_fingerprint
 
     started = time.time()
     state = StreamState()
@@ -413,90 +411,6 @@ class _Tail:
 
     def text(self) -> str:
         return b"".join(self.parts).decode("utf-8", "replace")[-self.limit:]
-
-
-# ----- did the child change anything?
-
-
-def change_pathspecs(files, excluded=()) -> Tuple[str, ...]:
-    """The git pathspecs a task's changes are looked for in (paths relative to the repo
-    root): its declared files when it declares any, else the whole tree less `excluded`
-    (qw's own files: `.qw/`, tasks.md, which change while any task runs)."""
-    if files:
-        return tuple(files)
-    # A path outside the repository makes git refuse the whole command: leave it out.
-    return (".",) + tuple(f":(exclude){p}" for p in excluded
-                           if p and not p.startswith(".."))
-
-
-def tree_fingerprint(cwd: str, pathspecs, env: Dict[str, str]) -> Optional[tuple]:
-    """What `git status` says of `pathspecs` in the work tree holding `cwd`, with each
-    listed path's mtime and size and the HEAD commit: equal before and after a child means
-    it changed nothing there. None when `cwd` is in no git work tree, or git fails.
-
-    One `git status` (porcelain v2 for `branch.oid`: a child that committed its work
-    leaves a clean tree, but a new HEAD). Files git ignores are not seen; neither is an
-    edit that leaves a file's mtime and size as they were.
-    """
-    top = _work_tree_top(cwd)
-    if top is None:
-        return None
-    try:
-        done = subprocess.run(
-            ["git", "status", "--porcelain=v2", "-z", "--branch", "--untracked-files=all",
-             "--"] + list(pathspecs),
-            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, timeout=GIT_STATUS_TIMEOUT_S,
-            # Not even the index refresh's lock: children may be running git themselves,
-            # and a `git commit` of theirs must not fail on our index.lock.
-            env=dict(env, GIT_OPTIONAL_LOCKS="0"))
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return _status_fingerprint(done.stdout, top)
-
-
-def _status_fingerprint(output: bytes, top: str) -> tuple:
-    """`git status --porcelain=v2 -z --branch` output as a comparable value."""
-    fields = output.split(b"\0")
-    items = []
-    at = 0
-    while at < len(fields):
-        record = fields[at]
-        at += 1
-        if not record:
-            continue
-        if record.startswith(b"#"):   # branch.oid, branch.head: a commit, a checkout
-            items.append((record, None))
-            continue
-        # Changed (1), renamed (2, the old path follows as a field of its own), unmerged
-        # (u): the path is the last of a fixed number of space-separated words. Untracked
-        # (?) and ignored (!): everything after the mark.
-        words = {b"1": 8, b"2": 9, b"u": 10}.get(record[:1])
-        path = record.split(b" ", words)[-1] if words else record[2:]
-        if record[:1] == b"2":
-            at += 1
-        try:
-            st = os.stat(os.path.join(os.fsencode(top), path))
-            seen = (st.st_mtime_ns, st.st_size)
-        except OSError:
-            seen = None   # deleted
-        items.append((record, seen))
-    return tuple(items)
-
-
-def _work_tree_top(cwd: str) -> Optional[str]:
-    """The top of the git work tree holding `cwd` (the nearest folder with a `.git`), or
-    None. git's paths in `status` are relative to it."""
-    path = os.path.abspath(cwd)
-    while True:
-        if os.path.exists(os.path.join(path, ".git")):
-            return path
-        parent = os.path.dirname(path)
-        if parent == path:
-            return None
-        path = parent
 
 
 # ----- what the runner asks for

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from qw import guard, guardlink, proctree
+from qw import guard, guardlink, proctree, winjob
 from runhelpers import processes_with
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -556,7 +556,7 @@ class FakeWin32:
 
 
 def start_windows(marker, win32, *args: str, grace: float = 0.3):
-    return proctree._start_windows(CHILD + list(args), marker.env, os.getcwd(), b"", grace,
+    return winjob.start_windows(CHILD + list(args), marker.env, os.getcwd(), b"", grace,
                                    win32)
 
 
@@ -569,8 +569,8 @@ def test_windows_stop_breaks_then_closes_the_job(marker):
     child = start_windows(marker, win32, "sleep")
     assert child.read_line(BOUND) == b"ready\n"
     assert child.stop() == -signal.SIGINT  # the break was enough
-    assert win32.creationflags == (proctree.CREATE_NEW_PROCESS_GROUP
-                                   | proctree.CREATE_NO_WINDOW)
+    assert win32.creationflags == (winjob.CREATE_NEW_PROCESS_GROUP
+                                   | winjob.CREATE_NO_WINDOW)
     assert win32.calls == JOB_SETUP + ["send_ctrl_break", "terminate_job_object",
                                        "close_handle"]
     child.close()
@@ -608,7 +608,7 @@ def test_windows_without_a_job_uses_taskkill(marker):
 
 def test_windows_normal_exit_closes_the_job_and_its_strays(marker):
     win32 = FakeWin32()
-    child = proctree._start_windows(["sh", "-c", "echo hi; sleep 300 &"], marker.env,
+    child = winjob.start_windows(["sh", "-c", "echo hi; sleep 300 &"], marker.env,
                                     os.getcwd(), b"", 0.3, win32)
     # The background sleep holds stdout: EOF comes only once the job is closed.
     assert read_all(child) == [b"hi\n"]
@@ -621,7 +621,7 @@ def test_windows_job_limit_structure_has_the_documented_size():
     import ctypes
     if ctypes.sizeof(ctypes.c_void_p) != 8:
         pytest.skip("the documented size is for 64-bit")
-    assert ctypes.sizeof(proctree.job_limit_struct(ctypes)) == 144
+    assert ctypes.sizeof(winjob.job_limit_struct(ctypes)) == 144
 
 
 def test_a_guard_prepared_ahead_serves_the_first_child(marker):

@@ -27,7 +27,8 @@ from qw.prompt import build_fix_prompt, build_prompt
 from qw.scheduler import Scheduler
 from qw.specdir import load_spec, resolve_spec
 from qw.tasks import parse_tasks
-from qw.worker import change_pathspecs, tree_fingerprint, verify_argv
+from qw.treewatch import change_pathspecs, tree_fingerprint
+from qw.worker import verify_argv
 
 from runhelpers import QwRepo
 
