@@ -10,7 +10,7 @@ runner: it holds none of the runner's threads, locks or files, which is why DESI
 for spawn. Elsewhere they are spawned as before.
 
 Importing this module is for the fork server alone: it imports what the processes need (the
-probe's psutil included), so that each fork starts with it, and makes the server ignore
+probe and its psutil included), so that each fork starts with it, and makes the server ignore
 SIGTERM. multiprocessing already
 makes it ignore SIGINT; a SIGTERM to the process group (a service manager stopping qw) is
 for the runner to act on (DESIGN §1), and if it killed the server, the pool would take every
@@ -21,6 +21,7 @@ setting, which workers and the state owner choose anyway.
 from __future__ import annotations
 
 import ctypes        # noqa: F401  (the guards forked from workers: guard.become_subreaper)
+import os
 import signal
 
 import qw.claude     # noqa: F401  (imported for the forks, as qw.worker._warm_up would)
@@ -28,9 +29,20 @@ import qw.outcome    # noqa: F401
 import qw.proctree   # noqa: F401
 import qw.stateowner  # noqa: F401
 import qw.worker     # noqa: F401
-from qw import vendor
+from qw import probe
+from qw.pool import FORKHOST_PYTHONPATH
 
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-# psutil too (the probe's): every worker needs it from USAGE_EVERY_S into its first child,
-# and eight importing it at the same moment would hold up the first children's ends.
-vendor.import_psutil()
+# The probe too, psutil with it: every worker needs it from USAGE_EVERY_S into its first
+# child, and eight importing it at that moment (~35 ms of CPU each) held up the ends of
+# the first children by a tenth of a second on 2 cores.
+probe.shared_probe()
+
+# The environment as it was before qw.pool._start_fork_server put qw on PYTHONPATH for this
+# server's imports: the processes forked from it, and their children, inherit it.
+_old = os.environ.pop(FORKHOST_PYTHONPATH, None)
+if _old is not None:
+    if _old.startswith("="):
+        os.environ["PYTHONPATH"] = _old[1:]
+    else:
+        os.environ.pop("PYTHONPATH", None)

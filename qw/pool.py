@@ -176,8 +176,60 @@ def process_context():
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
+    root = _qw_root()
+    if _shadowed(root, os.getcwd()):
+        return ctx   # each process imports what it needs itself, from the right qw
     ctx.set_forkserver_preload(["qw.forkhost"])
+    _start_fork_server(root)
     return ctx
+
+
+# The variable qw.forkhost reads PYTHONPATH's value before _start_fork_server from.
+FORKHOST_PYTHONPATH = "QW_FORKHOST_PYTHONPATH"
+
+
+def _qw_root() -> str:
+    """The sys.path entry this process's qw comes from: the code cache's entry for qw.pyz,
+    the archive itself, or a checkout."""
+    import qw
+    return os.path.dirname(os.path.dirname(os.path.abspath(qw.__file__)))
+
+
+def _shadowed(root: str, cwd: str) -> bool:
+    """Whether a process started in cwd would import another qw than root's: its sys.path
+    begins with '' (the working directory) when it runs `python -c`, as the fork server
+    does."""
+    mine = os.path.join(root, "qw")
+    for name in ("qw", "qw.py"):
+        theirs = os.path.join(cwd, name)
+        if os.path.exists(theirs) and os.path.realpath(theirs) != os.path.realpath(mine):
+            return True
+    return False
+
+
+def _start_fork_server(root: str) -> None:
+    """Start this process's fork server, if it is not running, with qw importable.
+
+    Before Python 3.12.8 and 3.13.1 the server ignores the sys.path it is given
+    (CPython gh-117378), so its preload of qw.forkhost failed silently in qw.pyz: every
+    worker then imported qw's modules, and psutil at its first sample, itself. CPython's
+    workaround is PYTHONPATH, which the server inherits with the rest of the environment;
+    qw.forkhost puts the old value back, so that the processes forked from it (and their
+    children) see the user's environment unchanged. Harmless where the bug is fixed.
+    """
+    from multiprocessing import forkserver
+
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root if not old else root + os.pathsep + old
+    os.environ[FORKHOST_PYTHONPATH] = "" if old is None else "=" + old
+    try:
+        forkserver.ensure_running()
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+        os.environ.pop(FORKHOST_PYTHONPATH, None)
 
 
 @contextlib.contextmanager

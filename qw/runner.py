@@ -202,7 +202,8 @@ class _Run:
                 self.reporter.note(warning)
             # What earlier runs measured: the memory estimates start from it.
             self.sched.admission.restore(self.owner.proxy.view().get("memory_peaks") or {})
-            self.probe = _get_probe()
+            from qw.probe import shared_probe
+            self.probe = shared_probe()
             self._record_initial()
             self.reporter.started(self.run_id, len(self.sched.targets),
                                   self.workers)
@@ -591,14 +592,6 @@ class _Run:
         for tid in self.unticked:
             self._record({"type": "task_done", "task": tid})
         self.unticked = []
-
-def _get_probe():
-    """qw.probe's backend, or None when none can be had here (then nothing is held)."""
-    from qw.probe import get_probe
-    try:
-        return get_probe()
-    except Exception:   # a broken psutil must not stop the run; doctor tells why
-        return None
 
 
 def _status_word(code: int) -> str:

@@ -184,8 +184,9 @@ def _warm_up() -> None:
 
     for module in ("qw.claude", "qw.outcome"):
         importlib.import_module(module)
-    # Not the probe (psutil): the first sample comes USAGE_EVERY_S into a child, so a run
-    # of quick children never needs it, and a long child can wait for its import.
+    # Not the probe (psutil), where no fork server has imported it already (qw.forkhost):
+    # the first sample comes USAGE_EVERY_S into a child, so a run of quick children never
+    # needs it, and a long child can wait for its import.
     try:
         proctree.prepare()
     except OSError:
@@ -466,8 +467,11 @@ class _Meter:
 
     def sample(self) -> bool:
         """Measure the tree now; False when it cannot be seen (gone, or no probe)."""
+        from qw.probe import shared_probe
         try:
-            probe = _probe()   # found on the first sample: None, nothing can be measured
+            # Found on the first sample (warmed in the fork server, where there is one);
+            # None: nothing can be measured here.
+            probe = shared_probe()
             usage = probe.tree_usage(self.pid) if probe is not None else None
         except Exception:   # a measurement must never cost the attempt
             usage = None
@@ -493,20 +497,6 @@ class _Meter:
         if self.rss_mb is None:
             return {}
         return {"rss_mb": self.rss_mb, "cpu_s": self.cpu_s}
-
-
-_PROBE: list = []   # [the probe or None], found on first use in this worker process
-
-
-def _probe():
-    """qw.probe's backend for this process, or None when there is none."""
-    if not _PROBE:
-        try:
-            from qw.probe import get_probe
-            _PROBE.append(get_probe())
-        except Exception:   # no way to measure here: attempts run unmeasured
-            _PROBE.append(None)
-    return _PROBE[0]
 
 
 def _cancel_requested(conn) -> Optional[str]:

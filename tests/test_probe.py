@@ -23,11 +23,14 @@ ALLOC_MB = 200
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="reads /proc")
 
 
-@pytest.fixture(params=["stdlib", "psutil"])
+# "... scan": the walk of the whole process table, which machines without /proc's children
+# files (and macOS, through ps) use; the others follow the children files where they exist.
+@pytest.fixture(params=["stdlib", "psutil", "stdlib scan", "psutil scan"])
 def backend(request) -> probe.Probe:
-    if request.param == "stdlib":
-        return StdlibProbe()
-    return PsutilProbe(pytest.importorskip("psutil"))
+    scan = False if request.param.endswith(" scan") else None
+    if request.param.startswith("stdlib"):
+        return StdlibProbe(children_files=scan)
+    return PsutilProbe(pytest.importorskip("psutil"), children_files=scan)
 
 
 def meminfo_kib(key: str) -> int:
@@ -152,6 +155,102 @@ def test_ps_table_agrees_with_proc():
     assert usage is not None
     assert abs(usage.rss_mb - direct.rss_mb) <= 0.2 * direct.rss_mb
     assert usage.cpu_s <= direct.cpu_s + 1  # ps shows whole seconds on Linux
+
+
+# A child started from a thread other than the main one: /proc lists it under that thread
+# for as long as the thread lives (then under another of its process's threads).
+FROM_A_THREAD = textwrap.dedent("""\
+    import subprocess, sys, threading
+    done = threading.Event()
+    code = "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()"
+    def starter():
+        child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
+        done.wait()
+        child.stdin.close()
+        child.wait()
+    thread = threading.Thread(target=starter)
+    thread.start()
+    sys.stdin.read()
+    done.set()
+    thread.join()
+""")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="select() on a pipe")
+def test_tree_usage_finds_a_child_started_by_a_thread(backend):
+    root = subprocess.Popen([sys.executable, "-c", FROM_A_THREAD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, universal_newlines=True)
+    try:
+        child = int(read_line_within(root.stdout, DEADLINE_S))
+        usage = backend.tree_usage(root.pid)
+        both = rss_mb(root.pid) + rss_mb(child)
+        assert abs(usage.rss_mb - both) <= 0.1 * both, (usage, both)
+    finally:
+        root.stdin.close()
+        root.wait(DEADLINE_S)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def fake_proc(root, processes) -> str:
+    """A /proc holding only `processes`: {pid: (ppid, state, cpu ticks, rss pages,
+    {tid: [children]})}."""
+    for pid, (ppid, state, ticks, pages, threads) in processes.items():
+        # Fields from 3 on: state ppid, then 9 zeros, utime stime cutime cstime (14-17),
+        # then 6 zeros, rss (24); the name holds a space and a parenthesis.
+        fields = [state, str(ppid)] + ["0"] * 9 + [str(ticks), "0", "0", "0"] \
+            + ["0"] * 6 + [str(pages), "0"]
+        os.makedirs(os.path.join(root, str(pid), "task"))
+        with open(os.path.join(root, str(pid), "stat"), "w") as f:
+            f.write(f"{pid} (a (b) c) " + " ".join(fields) + "\n")
+        for tid, children in threads.items():
+            os.makedirs(os.path.join(root, str(pid), "task", str(tid)))
+            with open(os.path.join(root, str(pid), "task", str(tid), "children"), "w") as f:
+                f.write("".join(f"{c} " for c in children))
+    return str(root)
+
+
+def test_children_files_follow_only_the_tree(tmp_path):
+    ticks, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    proc = fake_proc(tmp_path, {
+        100: (1, "S", ticks, 256, {100: [], 102: [101]}),   # 101 was forked by thread 102
+        101: (100, "S", 2 * ticks, 512, {101: [103, 104]}),
+        103: (101, "R", ticks, 256, {103: []}),
+        104: (101, "Z", ticks, 0, {}),                        # a zombie: CPU, no memory
+        # Not in any children file (gone from the tree between the reads): a walk of the
+        # table would count it by its ppid; the children files say it is not there.
+        999: (100, "S", 100 * ticks, 100000, {999: []}),
+    })
+    usage = StdlibProbe(proc=proc, children_files=True).tree_usage(100)
+    assert usage == TreeUsage(rss_mb=round(1024 * page / (1 << 20), 1), cpu_s=5.0)
+    assert StdlibProbe(proc=proc, children_files=True).tree_usage(105) is None
+    scanned = StdlibProbe(proc=proc, children_files=False).tree_usage(100)
+    assert scanned.cpu_s == 104.0   # the scan finds 999 through its ppid
+
+
+@linux_only
+def test_this_machine_has_children_files_and_they_agree_with_a_scan():
+    # Where the kernel has them (CONFIG_PROC_CHILDREN: every distribution's), a worker's
+    # samples read only the child's tree.
+    me = os.getpid()
+    assert os.path.exists(f"/proc/{me}/task/{me}/children")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        walked = StdlibProbe().tree_usage(me)
+        scanned = StdlibProbe(children_files=False).tree_usage(me)
+        assert abs(walked.rss_mb - scanned.rss_mb) <= 0.1 * scanned.rss_mb
+        assert walked.rss_mb > StdlibProbe().tree_usage(sleeper.pid).rss_mb
+    finally:
+        sleeper.kill()
+        sleeper.wait(DEADLINE_S)
+
+
+def test_shared_probe_is_found_once():
+    assert probe.shared_probe() is probe.shared_probe()
+    assert probe.shared_probe() is not None
 
 
 # --- other platforms, played with their outputs --------------------------------------------
