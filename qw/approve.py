@@ -18,7 +18,6 @@ it as approved either way.
 from __future__ import annotations
 
 import datetime
-import getpass
 import hashlib
 import json
 import os
@@ -288,6 +287,8 @@ def read_facts(repo: str, spec: str, auto_approve: bool = False,
 
 
 def _user() -> str:
+    import getpass   # here: `qw status` imports this module, and needs no user name
+
     try:
         return getpass.getuser()
     except Exception:  # no USER and no passwd entry (a bare container): still approvable

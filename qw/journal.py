@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import re
-import secrets
 import stat
 import time
 import zlib
@@ -45,7 +44,7 @@ def atomic_write(path: str, data: bytes, mode: Optional[int] = None) -> None:
     if chmod_to is None:
         with contextlib.suppress(FileNotFoundError):
             chmod_to = stat.S_IMODE(os.stat(path).st_mode)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY,
                  0o666 if mode is None else mode)
     try:
@@ -66,7 +65,9 @@ def atomic_write(path: str, data: bytes, mode: Optional[int] = None) -> None:
 
 def new_run_id(now: float) -> str:
     """A run id like 20261121-071800-ab12: UTC time (so ids sort by start), a random tag."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(2)
+    # os.urandom, as secrets.token_hex does, without importing secrets (hmac, random...)
+    # into every `qw status`.
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + os.urandom(2).hex()
 
 
 def write_error(exc: OSError, path: str) -> StateError:

@@ -41,14 +41,12 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     """A plain left-aligned text table; the last column is not padded."""
     all_rows = [tuple(header)] + [tuple(r) for r in rows]
     # Column by column, not cell by cell: a 10,000-task status is 70,000 cells.
-    widths = [max(map(len, column)) for column in itertools.zip_longest(*all_rows,
-                                                                          fillvalue="")]
-    lines = []
-    for row in all_rows:
-        last = len(row) - 1
-        lines.append("  ".join([c.ljust(w) for c, w in zip(row[:last], widths)]
-                               + list(row[last:])).rstrip())
-    return "\n".join(lines)
+    columns = list(itertools.zip_longest(*all_rows, fillvalue=""))
+    widths = [max(map(len, column)) for column in columns]
+    # One %-format per row. A short row is padded with empty cells, which the rstrip()
+    # takes off again with the padding of its own last cell.
+    line = "  ".join(["%%-%ds" % w for w in widths[:-1]] + ["%s"])
+    return "\n".join([(line % row).rstrip() for row in zip(*columns)])
 
 
 def print_plan(spec, plan, explain: bool = False) -> None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -102,6 +103,14 @@ class TaskRecord:
     def attempt_open(self) -> bool:
         """An attempt was started and has not ended."""
         return self.status == RUNNING and self.outcome is None
+
+
+# A snapshot task entry leaves out what it holds here; "id" and "title" it must have.
+_ABSENT = object()
+_ENTRY_TEMPLATE = {"id": _ABSENT, "title": _ABSENT,
+                   **{name: getattr(TaskRecord("", ""), name) for name in _RECORD_FIELDS[2:]},
+                   "progress": None}
+_OMITTED_WHEN = tuple((name, _ENTRY_TEMPLATE[name]) for name in _RECORD_FIELDS[3:])
 
 
 class RunState:
@@ -349,11 +358,13 @@ class RunState:
             cpu += rec.cpu_s or 0.0
             if rec.peak_rss_mb is not None:
                 peak = max(peak or 0.0, rec.peak_rss_mb)
+            # round() goes through a decimal string: a zero is its own rounding.
             entry = {"id": rec.id, "title": rec.title, "status": status,
-                     "attempts": rec.attempts, "duration_s": round(rec.duration_s, 3),
-                     "cost_usd": round(rec.cost_usd, 6), "error": rec.error,
-                     "outcome": rec.outcome, "next_try_at": rec.next_try_at,
-                     "progress": dict(rec.progress)}
+                     "attempts": rec.attempts,
+                     "duration_s": round(rec.duration_s, 3) if rec.duration_s else rec.duration_s,
+                     "cost_usd": round(rec.cost_usd, 6) if rec.cost_usd else rec.cost_usd,
+                     "error": rec.error, "outcome": rec.outcome,
+                     "next_try_at": rec.next_try_at, "progress": dict(rec.progress)}
             for key, value in (("waiting", waiting), ("peak_rss_mb", rec.peak_rss_mb),
                                ("cpu_s", rec.cpu_s), ("changed_nothing", rec.changed_nothing
                                                       or None)):
@@ -372,7 +383,8 @@ class RunState:
 
     def to_snapshot(self) -> Dict[str, Any]:
         """Everything but live progress, as JSON-able data; `from_snapshot` reads it back."""
-        return dict(self._run_fields(), tasks=[_fields(rec) for rec in self.tasks.values()])
+        return dict(self._run_fields(), tasks=[{name: getattr(rec, name) for name in
+                                                _RECORD_FIELDS} for rec in self.tasks.values()])
 
     def _run_fields(self) -> Dict[str, Any]:
         """to_snapshot without its last key, "tasks"."""
@@ -384,13 +396,13 @@ class RunState:
                 "memory_peaks": {k: list(v) for k, v in self.memory_peaks.items()}}
 
     def _tasks_json(self) -> str:
-        """to_snapshot()["tasks"] as compact JSON, re-encoding only the changed records."""
+        """The snapshot's tasks as compact JSON (_entry), re-encoding only changed records."""
         known = self._task_json
         parts = []
         for task_id, rec in self.tasks.items():
             entry = known.get(task_id)
             if entry is None or entry[0] is not rec:
-                entry = known[task_id] = (rec, _compact(_fields(rec)))
+                entry = known[task_id] = (rec, _ENCODER.encode(_entry(rec)))
             parts.append(entry[1])
         return "[" + ",".join(parts) + "]"
 
@@ -409,7 +421,7 @@ class RunState:
             state.seq = int(data.get("seq") or 0)
             state.memory_peaks = _peaks(data.get("memory_peaks") or {})
             for item in data["tasks"]:
-                rec = TaskRecord(**{name: item[name] for name in _RECORD_FIELDS if name in item})
+                rec = _record(item)
                 if rec.status not in STATUSES:
                     raise ValueError(f"task {rec.id} has unknown status {rec.status!r}")
                 state.tasks[rec.id] = rec
@@ -428,13 +440,13 @@ class Damaged(Exception):
 
 
 def encode_snapshot(state: "RunState", journal_bytes: Optional[int] = None) -> bytes:
-    """The snapshot file's bytes: `to_snapshot()` as compact JSON (plus `journal_bytes`,
-    the length of the run's journal it covers, when given), with a last key "sha256"
-    holding the sha256 of those very bytes without it (one serialisation)."""
+    """The snapshot file's bytes: `to_snapshot()` as compact JSON, task entries as _entry
+    has them (plus `journal_bytes`, the length of the run's journal it covers, when given),
+    and a last key "sha256", the sha256 of those very bytes without it (one serialisation)."""
     # Compact JSON of a dict is its items' JSON in order: the body is put together in parts.
-    text = _compact(state._run_fields())[:-1] + ',"tasks":' + state._tasks_json()
+    text = _ENCODER.encode(state._run_fields())[:-1] + ',"tasks":' + state._tasks_json()
     if journal_bytes is not None:
-        text += ',"journal_bytes":' + _compact(journal_bytes)
+        text += ',"journal_bytes":' + _ENCODER.encode(journal_bytes)
     body = (text + "}").encode("utf-8")
     digest = hashlib.sha256(body).hexdigest()
     return body[:-1] + b',"sha256":"' + digest.encode("ascii") + b'"}\n'
@@ -443,7 +455,7 @@ def encode_snapshot(state: "RunState", journal_bytes: Optional[int] = None) -> b
 def decode_snapshot(raw: bytes, where: Optional[str] = None) -> "RunState":
     """The state in a snapshot file's bytes. Damaged if they cannot be trusted;
     StateError if a newer qw wrote them (never treat those as damage: they are fine)."""
-    if not raw.strip():
+    if not raw or raw.isspace():   # (not strip(): a copy of megabytes)
         raise Damaged("empty file")
     try:
         data = json.loads(raw)
@@ -479,7 +491,7 @@ def _format_of(data: Any) -> Optional[int]:
 def _digest_matches(raw: bytes, data: Dict[str, Any], digest: Any) -> bool:
     """Whether `digest` is the sha256 of the body as encode_snapshot wrote it (the bytes
     before its "sha256" key) or, as older qw wrote it, of the body's canonical form."""
-    tail = _SNAPSHOT_TAIL.search(raw)
+    tail = _SNAPSHOT_TAIL.match(raw, max(0, raw.rfind(b',"sha256":"')))   # not a search: MBs
     if tail is not None and tail.group(1).decode("ascii") == digest and \
             hashlib.sha256(raw[:tail.start()] + b"}").hexdigest() == digest:
         return True
@@ -493,28 +505,22 @@ def _digest(body: Dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _compact(data: Any) -> str:
-    return _ENCODER.encode(data)
+def _entry(rec: TaskRecord) -> Dict[str, Any]:
+    """A task's snapshot entry: its fields but those at their default (id, title and status
+    always there), which from_snapshot fills in again: a done task's is a third smaller."""
+    entry = {"id": rec.id, "title": rec.title, "status": rec.status}
+    fields = rec.__dict__
+    for name, default in _OMITTED_WHEN:
+        value = fields[name]
+        if value is not default and not (type(value) is type(default) and value == default
+                                         and math.copysign(1.0, value) > 0):
+            entry[name] = value
+    return entry
 
 
-def _fields(rec: TaskRecord) -> Dict[str, Any]:
-    return {name: getattr(rec, name) for name in _RECORD_FIELDS}
-
-
-_HANDLERS = {
-    "run_started": RunState._run_started,
-    "task_status": RunState._task_status,
-    "attempt_started": RunState._attempt_started,
-    "attempt_ended": RunState._attempt_ended,
-    "task_done": RunState._task_done,
-    "task_failed": RunState._task_failed,
-    "retry_scheduled": RunState._retry_scheduled,
-    "run_paused": RunState._run_paused,
-    "run_ended": RunState._run_ended,
-    "task_reset": RunState._task_reset,
-    "task_waiting": RunState._task_waiting,
-    "task_progress": RunState._task_progress,
-}
+_HANDLERS = {kind: getattr(RunState, "_" + kind) for kind in (
+    "run_started", "task_status", "attempt_started", "attempt_ended", "task_done", "task_failed",
+    "retry_scheduled", "run_paused", "run_ended", "task_reset", "task_waiting", "task_progress")}
 EVENT_TYPES = tuple(_HANDLERS)
 
 
@@ -535,23 +541,17 @@ def recover_interrupted(state: RunState, now: float) -> List[Dict[str, Any]]:
             for rec in state.tasks.values() if rec.status == RUNNING]
 
 
-def mark_checked_done(state: RunState, checked: Iterable[str], now: float) -> List[str]:
-    """Apply what a rebuild knows from tasks.md: every task of `state` in `checked` (ticked
-    there) is done, an open attempt of it ended as interrupted first. Returns the ids it
-    changed. (The runner ticks a task before it records task_done, so a lost task_done
-    is found again here.)"""
-    changed = []
-    for task_id in checked:
-        rec = state.tasks.get(task_id)
-        if rec is None or rec.status == DONE:
-            continue
-        if rec.attempt_open:
-            state.apply({"type": "task_status", "t": now, "task": task_id, "status": PENDING,
-                         "reason": INTERRUPTED})
-        state.apply({"type": "task_status", "t": now, "task": task_id, "status": DONE,
-                     "reason": "checked in tasks.md"})
-        changed.append(task_id)
-    return changed
+def _record(item: Dict[str, Any]) -> TaskRecord:
+    """TaskRecord(**item) for a snapshot's task entry (other keys ignored; TypeError without
+    id or title), minus the frozen __init__'s setattr per field (180,000 at 10,000 tasks)."""
+    fields = {**_ENTRY_TEMPLATE, **item, "progress": {}}
+    if len(fields) != len(_ENTRY_TEMPLATE):   # keys of no field: leave them out
+        fields = {name: fields[name] for name in _ENTRY_TEMPLATE}
+    if fields["id"] is _ABSENT or fields["title"] is _ABSENT:
+        raise TypeError(f"a task entry lacks its id or title: {sorted(item)!r}")
+    rec = object.__new__(TaskRecord)
+    object.__setattr__(rec, "__dict__", fields)   # frozen: plain setattr refuses
+    return rec
 
 
 def _replace(rec: TaskRecord, **changes: Any) -> TaskRecord:

@@ -31,13 +31,13 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from qw.errors import QwError, StateError
 from qw.journal import (FIX_REBUILD, Journal, JournalEvents, Writer, atomic_write,
                         bad_line_error, encode_event, newest_run_of, write_error)
-from qw.state import (DONE, RunState, Damaged, decode_snapshot, encode_snapshot,
-                      mark_checked_done)
+from qw.state import (DONE, INTERRUPTED, PENDING, RunState, Damaged, decode_snapshot,
+                      encode_snapshot)
 
 _PLAIN_TYPES = (str, int, float, bool, type(None))
 
@@ -324,6 +324,25 @@ def live_pointer_path(qw_dir: str, spec: str) -> str:
     """The pointer a live run's state owner keeps to itself (qw.stateowner): there only
     while a run of the spec is live, so its absence answers "is one live?" cheaply."""
     return os.path.join(qw_dir, "state", spec + ".live")
+
+
+def mark_checked_done(state: RunState, checked: Iterable[str], now: float) -> List[str]:
+    """Apply what a rebuild knows from tasks.md: every task of `state` in `checked` (ticked
+    there) is done, an open attempt of it ended as interrupted first. Returns the ids it
+    changed. (The runner ticks a task before it records task_done, so a lost task_done
+    is found again here.)"""
+    changed = []
+    for task_id in checked:
+        rec = state.tasks.get(task_id)
+        if rec is None or rec.status == DONE:
+            continue
+        if rec.attempt_open:
+            state.apply({"type": "task_status", "t": now, "task": task_id, "status": PENDING,
+                         "reason": INTERRUPTED})
+        state.apply({"type": "task_status", "t": now, "task": task_id, "status": DONE,
+                     "reason": "checked in tasks.md"})
+        changed.append(task_id)
+    return changed
 
 
 def _plain(event: Dict[str, Any]) -> bool:
