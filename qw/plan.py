@@ -13,7 +13,7 @@ with the declared files indexed by path tail so that 10,000 tasks plan in millis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from qw.errors import ConfigError, SpecError, UsageError
 from qw.tasks import Task, TaskList
@@ -193,8 +193,9 @@ class _FileIndex:
     O(path depth)."""
 
     def __init__(self, dirs: bool) -> None:
-        self._by_tail: Dict[str, Dict[str, int]] = {}  # tail -> {declared path: position}
-        self._by_dir: Dict[str, Dict[str, int]] = {}   # directory -> {declared path: position}
+        self._latest: Dict[str, int] = {}           # declared path -> its latest position
+        self._by_tail: Dict[str, List[str]] = {}    # tail -> declared paths ending with it
+        self._by_dir: Dict[str, List[str]] = {}     # directory -> declared paths under it
         self._tails: Dict[str, Tuple[str, ...]] = {}   # path -> its shorter tails
         self._dirs = dirs
 
@@ -205,25 +206,31 @@ class _FileIndex:
         return tails
 
     def add(self, path: str, position: int) -> None:
-        self._by_tail.setdefault(path, {})[path] = position
-        for tail in self._shorter_tails(path):
-            self._by_tail.setdefault(tail, {})[path] = position
-        if self._dirs:
-            for directory in _dirs(path):
-                self._by_dir.setdefault(directory, {})[path] = position
+        if path not in self._latest:  # new: index it (a later declarer only moves its position)
+            for tail in (path,) + self._shorter_tails(path):
+                self._by_tail.setdefault(tail, []).append(path)
+            if self._dirs:
+                for directory in _dirs(path):
+                    self._by_dir.setdefault(directory, []).append(path)
+        self._latest[path] = position
 
     def declarers(self, path: str, under: bool = False) -> List[Tuple[int, str]]:
         """(position, declared path) of the latest earlier declarers a task touching
         `path` (or, with `under` and an index of directories, anything under the
         directory `path`) must wait for, nearest first, leaving out those a later declarer
         already waits for."""
-        found = dict(self._by_tail.get(path, {}))  # declared paths ending with `path`
+        if not under and path[path.rfind("/") + 1:] not in self._by_tail:
+            return []  # no declared path has its file name: most lookups
+        latest = self._latest
+        ending = self._by_tail.get(path)             # declared paths ending with `path`
+        found = {declared: latest[declared] for declared in ending} if ending else {}
         for tail in self._shorter_tails(path):     # declared paths `path` ends with
-            position = self._by_tail.get(tail, {}).get(tail)
+            position = latest.get(tail)
             if position is not None:
                 found[tail] = position
         if under:
-            found.update(self._by_dir.get(path, {}))
+            for declared in self._by_dir.get(path, ()):
+                found[declared] = latest[declared]
         if len(found) < 2:
             return [(position, declared) for declared, position in found.items()]
         return self._uncovered(found)
@@ -257,7 +264,8 @@ class _Builder:
         self.ids = [t.id for t in tasks.tasks]  # position in the document -> id
         self.position = {task_id: i for i, task_id in enumerate(self.ids)}
         self.leaves = [t for t in tasks.tasks if not t.children]
-        self.ancestors = {t.id: self._ancestors_of(t) for t in tasks.tasks}
+        self.ancestors = {t.id: self._ancestors_of(t) if t.parent is not None else ()
+                          for t in tasks.tasks}
         self.groups: Dict[str, List[str]] = {t.id: [] for t in tasks.tasks if t.children}
         for leaf in self.leaves:
             for group_id in self.ancestors[leaf.id]:
@@ -311,32 +319,33 @@ class _Builder:
         index = _FileIndex(dirs=any(task.leverage for task in self.by_id.values()))
         previous: Optional[Task] = None
         for leaf in self.leaves:
-            scope = (leaf,) + tuple(self.by_id[g] for g in self.ancestors[leaf.id])
-            origins = set(self._explicit_edges(leaf, scope))
+            groups = self.ancestors[leaf.id]
+            scope = (leaf,) + tuple(self.by_id[g] for g in groups) if groups else (leaf,)
+            origins: Set[str] = set()  # the tasks of `scope` whose lines gave `leaf` an edge
+            self._explicit_edges(leaf, scope, origins)
             if not explicit_only:
                 files = self._declared_files(scope)
-                origins.update(self._file_edges(leaf, files, index))
-                origins.update(self._leverage_edges(leaf, scope, index))
-                for path, _ in files:
+                self._file_edges(leaf, files, index, origins)
+                self._leverage_edges(leaf, scope, index, origins)
+                for path in files:
                     index.add(path, self.position[leaf.id])
-                origins.update(self._mention_edges(leaf, scope))
+                self._mention_edges(leaf, scope, origins)
                 if serial and previous is not None and not self._declared(leaf, previous, origins):
                     self._add(leaf.id, previous.id, SERIAL_REASON)
             previous = leaf
 
-    def _declared_files(self, scope: Sequence[Task]) -> List[Tuple[str, str]]:
-        """(normalised path, id of the task declaring it) over a leaf and its groups."""
+    def _declared_files(self, scope: Sequence[Task]) -> Dict[str, str]:
+        """{normalised path: id of the task declaring it} over a leaf and its groups."""
         seen: Dict[str, str] = {}
         for task in scope:
             for raw in task.files:
                 path = normalise_path(raw)
                 if path and path not in seen:
                     seen[path] = task.id
-        return list(seen.items())
+        return seen
 
-    def _explicit_edges(self, leaf: Task, scope: Sequence[Task]) -> List[str]:
-        """Rule 1: `_Depends:` of the leaf and of its groups. Returns the origins."""
-        origins = []
+    def _explicit_edges(self, leaf: Task, scope: Sequence[Task], origins: Set[str]) -> None:
+        """Rule 1: `_Depends:` of the leaf and of its groups."""
         for task in scope:
             if not task.depends:
                 continue
@@ -345,25 +354,21 @@ class _Builder:
             for dep in task.depends:
                 for dep_leaf in self._expand(dep):
                     if self._add(leaf.id, dep_leaf, reason):
-                        origins.append(task.id)
-        return origins
+                        origins.add(task.id)
 
-    def _file_edges(self, leaf: Task, files: List[Tuple[str, str]],
-                    index: _FileIndex) -> List[str]:
+    def _file_edges(self, leaf: Task, files: Dict[str, str], index: _FileIndex,
+                    origins: Set[str]) -> None:
         """Rule 2: after the nearest earlier task declaring the same file."""
-        origins = []
-        for path, origin in files:
+        for path, origin in files.items():
             for position, declared in index.declarers(path):
                 shown = declared if len(declared) > len(path) else path
                 if self._add(leaf.id, self.ids[position], f"both change {shown}"):
-                    origins.append(origin)
-        return origins
+                    origins.add(origin)
 
-    def _leverage_edges(self, leaf: Task, scope: Sequence[Task],
-                        index: _FileIndex) -> List[str]:
+    def _leverage_edges(self, leaf: Task, scope: Sequence[Task], index: _FileIndex,
+                        origins: Set[str]) -> None:
         """Rule 3: after the nearest earlier task declaring a leveraged file, or any
         file under a leveraged directory."""
-        origins = []
         for task in scope:
             for raw in task.leverage:
                 path = normalise_path(raw)
@@ -373,12 +378,10 @@ class _Builder:
                 for position, _ in index.declarers(path, under=True):
                     dep_id = self.ids[position]
                     if self._add(leaf.id, dep_id, f"leverages {shown} from task {dep_id}"):
-                        origins.append(task.id)
-        return origins
+                        origins.add(task.id)
 
-    def _mention_edges(self, leaf: Task, scope: Sequence[Task]) -> List[str]:
+    def _mention_edges(self, leaf: Task, scope: Sequence[Task], origins: Set[str]) -> None:
         """Rule 4: "task N" in a block, for an earlier task that is not an enclosing group."""
-        origins = []
         for task in scope:
             suffix = "" if task is leaf else f" (in group {task.id})"
             for ref in task.task_refs:
@@ -387,17 +390,21 @@ class _Builder:
                     continue  # prose may mention a later or unknown task: not an edge
                 for dep_leaf in self._expand(ref):
                     if self._add(leaf.id, dep_leaf, f"mentions task {ref}{suffix}"):
-                        origins.append(task.id)
-        return origins
+                        origins.add(task.id)
 
-    def _declared(self, leaf: Task, previous: Task, origins: set) -> bool:
+    def _declared(self, leaf: Task, previous: Task, origins: Set[str]) -> bool:
         """Whether rule 5 leaves `leaf` alone: it, or a group it enters here, declares a
         file, a `_Depends:` (also `none`) or an edge. A group around both `leaf` and
         `previous` does not count: its edges bind the task before it too, so its
         subtasks still follow one another."""
-        shared = set(self.ancestors[previous.id])
-        entering = [leaf] + [self.by_id[g] for g in self.ancestors[leaf.id] if g not in shared]
-        return any(t.files or t.depends is not None or t.id in origins for t in entering)
+        entering = [leaf]
+        if self.ancestors[leaf.id]:
+            shared = self.ancestors[previous.id]
+            entering += [self.by_id[g] for g in self.ancestors[leaf.id] if g not in shared]
+        for task in entering:
+            if task.files or task.depends is not None or task.id in origins:
+                return True
+        return False
 
     def plan(self) -> Plan:
         """Order the edges, find the layers, and refuse a cycle.
@@ -422,8 +429,12 @@ class _Builder:
         dependents: Dict[str, List[str]] = {leaf.id: [] for leaf in self.leaves}
         for leaf in self.leaves:
             edges = self.edges[leaf.id]
-            deps[leaf.id] = tuple(sorted(edges, key=self.position.__getitem__))
-            reasons[leaf.id] = {dep: edges[dep] for dep in deps[leaf.id]}
+            if len(edges) < 2:  # most tasks: nothing to sort
+                deps[leaf.id] = tuple(edges)
+                reasons[leaf.id] = edges  # the builder's own: it is discarded with it
+            else:
+                deps[leaf.id] = tuple(sorted(edges, key=self.position.__getitem__))
+                reasons[leaf.id] = {dep: edges[dep] for dep in deps[leaf.id]}
             for dep in deps[leaf.id]:
                 dependents[dep].append(leaf.id)
         layers = self._layers(deps, dependents)

@@ -6,7 +6,6 @@ Live: ask the run's state owner over its manager connection. Otherwise: the last
 
 from __future__ import annotations
 
-import gc
 import glob
 import json
 import os
@@ -106,24 +105,16 @@ def _stored_view(qw_dir: str, spec: str, tasks_path: str,
     from qw.statestore import IN_MEMORY, StateStore
     from qw.state import recover_interrupted
 
-    # Loading a 10,000-task state builds some 100,000 containers and no cycle: the cyclic
-    # collector would only walk them again and again.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        # Without the spec's lock: damaged state is rebuilt in memory only, never rewritten.
-        store = StateStore(qw_dir, spec, recover=IN_MEMORY, tasks_path=tasks_path)
-        state = store.load()
-        warnings.extend(store.warnings)
-        if state is None:
-            return None
-        # No live owner: whatever the last run left "running" died with it.
-        for event in recover_interrupted(state, time.time()):
-            state.apply(event)
-        return state.view(live=False)
-    finally:
-        if collecting:
-            gc.enable()
+    # Without the spec's lock: damaged state is rebuilt in memory only, never rewritten.
+    store = StateStore(qw_dir, spec, recover=IN_MEMORY, tasks_path=tasks_path)
+    state = store.load()
+    warnings.extend(store.warnings)
+    if state is None:
+        return None
+    # No live owner: whatever the last run left "running" died with it.
+    for event in recover_interrupted(state, time.time()):
+        state.apply(event)
+    return state.view(live=False)
 
 
 def _unrun_view(spec) -> Dict[str, object]:

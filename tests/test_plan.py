@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 
 import pytest
@@ -501,3 +503,32 @@ def test_a_real_cycle_names_each_edge_and_its_reason():
         build_plan(parse_tasks(text))
     message = str(caught.value)
     assert "1 waits for 2: _Depends: 2" in message and "2 waits for 1: _Depends: 1" in message
+
+
+# --- the `qw plan` command ----------------------------------------------------------------
+
+def test_the_plan_command_leaves_the_garbage_collector_as_it_found_it(tmp_path, monkeypatch,
+                                                                      capsys):
+    # `qw plan` pauses the cyclic collector while it works (qw.commands.cmd_plan); a caller
+    # running it in-process, as these tests do, must get the collector back as it was.
+    from qw.cli import main
+
+    for name in list(os.environ):
+        if name.startswith(("QW_", "QUANTUMWALA_")):
+            monkeypatch.delenv(name)
+    (tmp_path / ".git").mkdir()
+    spec = tmp_path / ".claude" / "specs" / "s"
+    spec.mkdir(parents=True)
+    (spec / "tasks.md").write_text(SPEC, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            assert main(["plan", "s"]) == 0
+            assert gc.isenabled() is enabled
+            assert main(["plan", "no-such-spec"]) == 2   # and when it fails
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+    out = capsys.readouterr().out
+    assert out.startswith("spec s: 6 runnable tasks, 1 done, ")

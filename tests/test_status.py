@@ -17,7 +17,6 @@ import pytest
 
 from qw.state import SNAPSHOT_FORMAT
 from qw.statestore import STRICT, StateStore
-from qw.status import gather_status
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLES = ["Done with cost", "Failed", "Blocked", "Skipped", "Running when the run died",
@@ -119,17 +118,21 @@ def test_status_shows_every_status_the_same_from_either_form_of_the_snapshot(rep
     assert qw(root, "status", "demo", "--json").stdout == as_json.stdout
 
 
-def test_a_read_only_load_leaves_the_collector_as_it_found_it(repo):
+def test_status_leaves_the_collector_as_it_found_it(repo, monkeypatch, capsys):
+    # `qw status` pauses the cyclic collector while it reads (qw.commands.collector_paused);
+    # a caller running it in-process must get the collector back as it was.
+    from qw.cli import main
+
     root, snapshot = repo
     before = snapshot.read_bytes()
-    assert gc.isenabled()
-    view = gather_status(str(root), "demo")[0]
-    assert gc.isenabled() and view["totals"]["tasks"] == len(TITLES)
-    gc.disable()
+    monkeypatch.chdir(root)
     try:
-        gather_status(str(root), "demo")
-        assert not gc.isenabled()
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            assert main(["status", "demo"]) == 0
+            assert gc.isenabled() is enabled
     finally:
         gc.enable()
-    assert snapshot.read_bytes() == before and view["run_id"] == "20260101-000000-abcd"
+    assert "2/9 done, 1 failed, 0 running, 4 pending" in capsys.readouterr().out
+    assert snapshot.read_bytes() == before
     assert json.loads(before)["format"] == SNAPSHOT_FORMAT

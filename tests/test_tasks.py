@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from qw.errors import SpecError
-from qw.tasks import parse_tasks
+from qw.tasks import Task, parse_tasks
 
 SPECS = Path(__file__).parent / "fixtures" / "specs"
 
@@ -373,3 +374,42 @@ def test_duplicate_subtask_ids_name_both_lines():
     with pytest.raises(SpecError) as caught:
         parse_tasks("- [ ] 1. A\n  - [ ] 1.1 B\n\n  - [ ] 1.1 C\n", "t.md")
     assert str(caught.value).startswith("duplicate task id 1.1 (first at t.md:2), t.md:4; ")
+
+
+# --- what a parsed task is -------------------------------------------------------------
+
+def test_a_parsed_task_is_the_task_its_fields_make():
+    # The parser fills a Task's instance dict in one step (see tasks._new_task): each task
+    # must be exactly what Task(...) builds from the same fields, frozen like it.
+    for task in parse_tasks(fixture("every-feature")):
+        values = {f.name: getattr(task, f.name) for f in dataclasses.fields(Task)}
+        made = Task(**values)
+        assert task == made and hash(task) == hash(made) and repr(task) == repr(made)
+        assert list(vars(task).items()) == list(vars(made).items())
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            task.title = "changed"
+
+
+def test_fields_nested_under_a_prompt_or_a_bare_files_line():
+    task = one("- [ ] 1. Title\n"
+               "  - Files:\n"
+               "    - src/a.ts (new)\n"
+               "\n"
+               "    * `src/b.ts`\n"
+               "  - _Prompt: Role: dev\n"
+               "      _Depends: 9_\n"
+               "      File: not/this.ts\n"
+               "  - _Requirements: 1.2_\n"
+               "  - File: src/c.ts\n")
+    assert task.files == ("src/a.ts", "src/b.ts", "src/c.ts")
+    assert task.requirements == ("1.2",) and task.depends is None
+
+
+def test_lines_inside_a_fence_or_a_comment_stay_in_their_task():
+    text = ("- [ ] 1. A\n  ```\n- [ ] 2. not a task\n  ```\n  - File: a.py\n"
+            "<!--\n- [ ] 3. not a task either\n-->\n- [ ] 4. B\n  <!-- a note\n"
+            "- [ ] 5. nor this\n  -->\n  - _Depends: 1_\n")
+    tasks = parse_tasks(text)
+    assert [t.id for t in tasks] == ["1", "4"]
+    assert tasks["1"].files == ("a.py",) and tasks["1"].end_line == 5
+    assert tasks["4"].depends == ("1",) and tasks["4"].details[1] == "- [ ] 5. nor this"
