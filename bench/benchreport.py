@@ -64,12 +64,13 @@ def render(results: Dict, verdicts: List, notes: List[str], info: Dict, command:
                          ("qw wall (median)", _s(d["qw_wall_s"])),
                          ("xargs wall (median)", _s(d["xargs_wall_s"])),
                          ("qw / xargs", f"{d['ratio']:.1f}x"),
-                         ("**per-task overhead** (definition below)", _ms(d["overhead_ms"])),
-                         ("per-task overhead with the fixed cost spread over the tasks",
-                          _ms(d.get("overhead_with_fixed_ms", d["overhead_ms"]))),
-                         ("the run's extra wall time per task: (qw wall − xargs wall) / tasks",
-                          _ms(d["wall_added_ms"]) if "wall_added_ms" in d else "-"),
-                         ("in-run per-task overhead (no startup/shutdown)",
+                         ("**qw's overhead per task**: (qw wall − xargs wall) / tasks",
+                          _ms(d["overhead_ms"])),
+                         ("worker-time per task beyond xargs's (definition below)",
+                          _ms(d["worker_time_ms"])),
+                         ("... with the fixed cost spread over the tasks",
+                          _ms(d["worker_time_with_fixed_ms"])),
+                         ("in-run worker-time per task (no startup/shutdown)",
                           _ms(d["in_run_overhead_ms"])),
                          ("extra CPU per task (qw's tree - xargs's tree)",
                           _ms(d["extra_cpu_ms_per_task"])),
@@ -197,19 +198,23 @@ max_retries = 0` and `[plan] undeclared = "parallel"`.
 """
 
 OVERHEAD_DEFINITION = """
-**Per-task overhead** = ((qw wall − qw wall with `jobs` tasks) − (xargs wall − xargs wall
-with `jobs` tasks)) × jobs / (tasks − jobs): the extra worker-time each task adds under qw,
-compared with `xargs -P jobs` running the same command. What a run costs once whatever its
-size (the interpreter, the state owner and the whole pool starting, the final writes) is
-the fixed cost, reported on its own; the baseline is one wave of `jobs` tasks, not one task,
-because a run starts no more workers than it has tasks, and a one-task run would leave the
-start of seven workers in the slope. The row "with the fixed cost spread over the tasks" is
-(qw wall − xargs wall) × jobs / tasks, which for 500 tasks at -j 8 charges each task 16 ms
-per second of fixed cost; "the run's extra wall time per task" is the same difference
-divided by the tasks only, the way GNU parallel states its own overhead. With 30-minute
-tasks, 5 ms per task is 0.0003 %. The in-run figure uses qw's journal (first dispatch →
-last result) instead of qw's wall time, so it leaves out the interpreter start, the pool's
-start and the shutdown. Extra CPU per task counts every process of each tree (runner, state
-owner, workers, guards and children against xargs and children), from `wait4`'s rusage; on
-a machine with fewer cores than jobs it, not the wall time, is the limit.
+**qw's overhead per task** is the time a user waits beyond what `xargs -P jobs` takes for
+the same 500 commands, per task: (qw wall − xargs wall) / tasks, the fixed cost (the
+interpreter, the state owner and the pool starting, the final writes) included. It sits
+beside the qw/xargs wall-time ratio, from the same runs.
+
+**Worker-time per task beyond xargs's** is the stricter figure: ((qw wall − qw wall with
+`jobs` tasks) − (xargs wall − xargs wall with `jobs` tasks)) × jobs / (tasks − jobs), what
+each task beyond the first wave adds to a worker's time, against xargs. The baseline is one
+wave of `jobs` tasks, not one task, because a run starts no more workers than it has tasks.
+On a machine with fewer cores than jobs (here 2 for `-j 8`) the run is CPU-bound and this
+figure comes out at about jobs / cores × the extra CPU per task; with as many cores as jobs
+it is about the extra CPU per task itself. "With the fixed cost spread over the tasks" is
+(qw wall − xargs wall) × jobs / tasks.
+
+The in-run figure uses qw's journal (first dispatch → last result) instead of qw's wall
+time, so it leaves out the interpreter start, the pool's start and the shutdown. Extra CPU
+per task counts every process of each tree (runner, state owner, workers, guards and
+children against xargs and children), from `wait4`'s rusage. With 30-minute tasks, 5 ms per
+task is 0.0003 %.
 """
