@@ -177,15 +177,21 @@ def process_context():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     root = _qw_root()
-    if _shadowed(root, os.getcwd()):
+    # -E or -I (which the server inherits) would ignore the PYTHONPATH it needs; before
+    # 3.11 its sys.path begins with the working directory, where another qw would be found.
+    if sys.flags.ignore_environment or (sys.version_info < (3, 11)
+                                        and _shadowed(root, os.getcwd())):
         return ctx   # each process imports what it needs itself, from the right qw
     ctx.set_forkserver_preload(["qw.forkhost"])
     _start_fork_server(root)
     return ctx
 
 
-# The variable qw.forkhost reads PYTHONPATH's value before _start_fork_server from.
-FORKHOST_PYTHONPATH = "QW_FORKHOST_PYTHONPATH"
+# What qw.forkhost reads to give the server the run's sys.path and the environment as it
+# was (the names are spelled out there too: it must not import this module first).
+FORKHOST_SYS_PATH = "QW_FORKHOST_SYS_PATH"
+FORKHOST_SAVED = "QW_FORKHOST_SAVED_"   # + PYTHONPATH, + PYTHONSAFEPATH
+SYS_PATH_SEPARATOR = "\x1f"   # no path holds it (os.pathsep may be in one)
 
 
 def _qw_root() -> str:
@@ -208,28 +214,38 @@ def _shadowed(root: str, cwd: str) -> bool:
 
 
 def _start_fork_server(root: str) -> None:
-    """Start this process's fork server, if it is not running, with qw importable.
+    """Start this process's fork server, if it is not running, so that its preload of
+    qw.forkhost imports this qw with this process's sys.path.
 
-    Before Python 3.12.8 and 3.13.1 the server ignores the sys.path it is given
-    (CPython gh-117378), so its preload of qw.forkhost failed silently in qw.pyz: every
-    worker then imported qw's modules, and psutil at its first sample, itself. CPython's
-    workaround is PYTHONPATH, which the server inherits with the rest of the environment;
-    qw.forkhost puts the old value back, so that the processes forked from it (and their
-    children) see the user's environment unchanged. Harmless where the bug is fixed.
+    Before Python 3.12.8 and 3.13.1 the server ignores the sys.path it is given (CPython
+    gh-117378), so in qw.pyz the preload failed silently: every worker then imported qw's
+    modules, and psutil at its first sample, itself. CPython's workaround is PYTHONPATH,
+    which the server inherits with the rest of the environment: here only qw's own entry,
+    with PYTHONSAFEPATH (3.11+) so that no working directory comes before it. qw.forkhost
+    then sets the server's sys.path to this process's (as a spawned child's is: the user's
+    files in the working directory cannot stand in for the standard library's) and puts
+    both variables back, so that the processes forked from it see the user's environment.
     """
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, process
 
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = root if not old else root + os.pathsep + old
-    os.environ[FORKHOST_PYTHONPATH] = "" if old is None else "=" + old
+    # As spawn hands its children sys.path: '' (the working directory) made absolute.
+    here = getattr(process, "ORIGINAL_DIR", None) or os.getcwd()
+    sys_path = [here if entry == "" else entry for entry in sys.path]
+    changes = {"PYTHONPATH": root, "PYTHONSAFEPATH": "1",
+               FORKHOST_SYS_PATH: SYS_PATH_SEPARATOR.join(sys_path)}
+    for name in ("PYTHONPATH", "PYTHONSAFEPATH"):
+        old = os.environ.get(name)
+        changes[FORKHOST_SAVED + name] = "" if old is None else "=" + old
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
     try:
         forkserver.ensure_running()
     finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-        os.environ.pop(FORKHOST_PYTHONPATH, None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager
