@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Optional, Tuple
 
-from qw import guard
+from qw import PACKAGE_ROOT, guard
 
 MAX_IDLE = 4              # idle guards kept; more were only needed for a burst
 EXIT_WAIT = 1.0           # seconds, all told, the exit handler waits for idle guards to go
@@ -44,8 +44,6 @@ START_REPLY_WAIT = 30.0   # seconds a guard may take to answer a start before it
 KILL_SWEEP = 5.0          # seconds kill() may spend killing what runs under a stuck guard
 # What sendmsg() fails with when the guard is gone; anything else is this side's problem.
 _GONE_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN)
-# Where the `qw` package lives: a directory, or the .pyz file itself (zipimport reads it).
-_PKGROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # -I: no PYTHON* variables or user site; -S: no site at all (its .pth files cost time).
 # os._exit: the guard has nothing to finalise.
 _GUARD_CODE = ("import os, sys; sys.path.insert(0, sys.argv[1]); "
@@ -68,7 +66,7 @@ class GuardLink:
                 self.proc = _ForkedGuard(theirs.fileno())
             else:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _GUARD_CODE, _PKGROOT,
+                    [sys.executable, "-I", "-S", "-c", _GUARD_CODE, PACKAGE_ROOT,
                      "--sock", str(theirs.fileno())],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, cwd="/", pass_fds=(theirs.fileno(),),

@@ -24,6 +24,7 @@ import time
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from qw import PACKAGE_ROOT
 from qw.worker import AttemptRequest, AttemptResult, Cancel, worker_main
 
 
@@ -176,7 +177,7 @@ def process_context():
     if not sys.platform.startswith("linux"):
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    root = _qw_root()
+    root = PACKAGE_ROOT
     # -E or -I (which the server inherits) would ignore the PYTHONPATH it needs; before
     # 3.11 its sys.path begins with the working directory, where another qw would be found.
     if sys.flags.ignore_environment or (sys.version_info < (3, 11)
@@ -192,13 +193,6 @@ def process_context():
 FORKHOST_SYS_PATH = "QW_FORKHOST_SYS_PATH"
 FORKHOST_SAVED = "QW_FORKHOST_SAVED_"   # + PYTHONPATH, + PYTHONSAFEPATH
 SYS_PATH_SEPARATOR = "\x1f"   # no path holds it (os.pathsep may be in one)
-
-
-def _qw_root() -> str:
-    """The sys.path entry this process's qw comes from: the code cache's entry for qw.pyz,
-    the archive itself, or a checkout."""
-    import qw
-    return os.path.dirname(os.path.dirname(os.path.abspath(qw.__file__)))
 
 
 def _shadowed(root: str, cwd: str) -> bool:

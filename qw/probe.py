@@ -217,20 +217,10 @@ class StdlibProbe(Probe):
         for name in os.listdir(self._proc):
             if not name.isdigit():
                 continue
-            try:
-                with open(os.path.join(self._proc, name, "stat"), "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue  # exited while we looked
-            # The command name may hold spaces and parentheses: the fields follow the last
-            # ')'. fields[0] is field 3 of proc(5): state, ppid, ..., utime (14), stime,
-            # cutime, cstime (17), ..., rss in pages (24).
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if len(fields) < 22:
-                continue
-            cpu = sum(int(v) for v in fields[11:15]) / ticks
-            table[int(name)] = (int(fields[1]), fields[0].decode("ascii", "replace"),
-                                int(fields[21]) * page, cpu)
+            stat = _read_stat(os.path.join(self._proc, name))
+            if stat is not None:   # else it exited while we looked
+                state, ppid, pages, cpu_ticks = stat
+                table[int(name)] = (ppid, state, pages * page, cpu_ticks / ticks)
         return table
 
     def _ps_table(self) -> Dict[int, Tuple[int, str, int, float]]:
@@ -270,6 +260,24 @@ def _has_children_files(proc: str) -> bool:
     return os.path.exists("%s/%d/task/%d/children" % (proc, pid, pid))
 
 
+def _read_stat(process_dir: str) -> Optional[Tuple[str, int, int, int]]:
+    """(state, ppid, RSS in pages, CPU ticks with its reaped children's) from a /proc/PID
+    folder's stat file; None when it cannot be read (the process is gone)."""
+    try:
+        with open(process_dir + "/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields follow the last ')'.
+    # fields[0] is field 3 of proc(5): state, ppid, ..., utime (14), stime, cutime,
+    # cstime (17), ..., rss in pages (24).
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if len(fields) < 22:
+        return None
+    return (fields[0].decode("ascii", "replace"), int(fields[1]), int(fields[21]),
+            int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14]))
+
+
 def children_files_usage(pid: int, proc: str = "/proc") -> Optional[TreeUsage]:
     """tree_usage from /proc/PID/stat and each thread's /proc/PID/task/TID/children (a
     child belongs to the thread that forked it), breadth first; None when pid is gone.
@@ -285,19 +293,13 @@ def children_files_usage(pid: int, proc: str = "/proc") -> Optional[TreeUsage]:
     pages = ticks_used = 0
     for member in tree:   # grows while we walk it
         base = "%s/%d" % (proc, member)
-        try:
-            with open(base + "/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+        stat = _read_stat(base)
+        if stat is None:
             if member == pid:
                 return None
             continue   # exited while we looked
-        # The fields follow the command name's last ')': see StdlibProbe._proc_table.
-        fields = stat[stat.rfind(b")") + 2:].split()
-        if len(fields) < 22:
-            continue
-        ticks_used += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        pages += int(fields[21])
+        pages += stat[2]
+        ticks_used += stat[3]
         try:
             threads = os.listdir(base + "/task")
         except OSError:

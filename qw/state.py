@@ -550,7 +550,7 @@ def _record(item: Dict[str, Any]) -> TaskRecord:
     if fields["id"] is _ABSENT or fields["title"] is _ABSENT:
         raise TypeError(f"a task entry lacks its id or title: {sorted(item)!r}")
     rec = object.__new__(TaskRecord)
-    object.__setattr__(rec, "__dict__", fields)   # frozen: plain setattr refuses
+    rec.__dict__.update(fields)   # as qw.tasks._new_task fills a Task: one step, compact
     return rec
 
 

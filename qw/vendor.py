@@ -111,9 +111,8 @@ def this_platform() -> Optional[str]:
 def archive_path() -> Optional[str]:
     """The qw.pyz this qw package comes from, whether imported from it or from its compiled
     copy in the code cache (qw.codecache); None when qw is a plain directory."""
-    import qw
-    root = os.path.dirname(os.path.dirname(os.path.abspath(qw.__file__)))
-    return root if os.path.isfile(root) else archive_behind(root)
+    from qw import PACKAGE_ROOT
+    return PACKAGE_ROOT if os.path.isfile(PACKAGE_ROOT) else archive_behind(PACKAGE_ROOT)
 
 
 def bundled_wheel(archive: str, key: Optional[str]) -> BundledWheel:

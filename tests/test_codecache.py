@@ -99,7 +99,7 @@ _PROBE = textwrap.dedent("""\
         pass
     WHERE = ("{'qw': __import__('qw').__file__, "
              "'archive': __import__('qw.vendor').vendor.archive_path(), "
-             "'guard_root': __import__('qw.guardlink').guardlink._PKGROOT}")
+             "'guard_root': __import__('qw').PACKAGE_ROOT}")
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         print(json.dumps({"self": eval(WHERE), "child": pool.apply(eval, (WHERE,))}))
 """)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qw import guard, guardlink
+from qw import PACKAGE_ROOT, guard, guardlink
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="real process trees are checked through /proc")
@@ -31,7 +31,7 @@ class RawGuard:
     def __init__(self, env: dict):
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", guardlink._GUARD_CODE, guardlink._PKGROOT,
+            [sys.executable, "-I", "-S", "-c", guardlink._GUARD_CODE, PACKAGE_ROOT,
              "--sock", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),), env=env, start_new_session=True,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -172,7 +172,7 @@ def test_a_signal_to_the_guard_stops_the_child_reports_it_and_ends_the_guard(raw
 
 
 def test_a_guard_without_its_socket_says_how_to_call_it():
-    done = subprocess.run([sys.executable, "-c", guardlink._GUARD_CODE, guardlink._PKGROOT],
+    done = subprocess.run([sys.executable, "-c", guardlink._GUARD_CODE, PACKAGE_ROOT],
                           stderr=subprocess.PIPE, timeout=BOUND)
     assert done.returncode == 2
     assert b"usage: --sock FD" in done.stderr
@@ -221,6 +221,6 @@ print(guard.descendants(os.getpid(), guard._ps_table()), keeper._strays())
 def test_ps_does_not_count_itself_as_a_descendant_or_a_stray():
     if not os.path.exists("/usr/bin/ps") and not os.path.exists("/bin/ps"):
         pytest.skip("no ps here")
-    done = subprocess.run([sys.executable, "-c", PS_STRAYS, guardlink._PKGROOT],
+    done = subprocess.run([sys.executable, "-c", PS_STRAYS, PACKAGE_ROOT],
                           stdout=subprocess.PIPE, timeout=BOUND, check=True)
     assert done.stdout == b"[] []\n"
